@@ -8,8 +8,13 @@ config, so loading ignores them instead of warning.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from transformers import LlamaForCausalLM, LlamaModel
 
+from ..layout import PanguDims
+from .checkpoint import validate_hf_dir
 from .configuration import PanguEmbeddedConfig
 
 _IGNORE_ON_LOAD = [r"rotary_emb\.inv_freq"]
@@ -26,5 +31,13 @@ class PanguEmbeddedForCausalLM(LlamaForCausalLM):
     config: PanguEmbeddedConfig
     _keys_to_ignore_on_load_unexpected = _IGNORE_ON_LOAD
 
-    def __init__(self, config: PanguEmbeddedConfig):
-        super().__init__(config)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Validate a local checkpoint's headers first, so a bad tensor or shard is named in the error."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            config = kwargs.get("config")
+            if not isinstance(config, PanguEmbeddedConfig):
+                config = PanguEmbeddedConfig.from_pretrained(path)
+            validate_hf_dir(path, PanguDims.from_hf_config(config))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
