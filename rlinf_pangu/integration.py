@@ -21,8 +21,8 @@ def register_rlinf() -> bool:
 
     from . import MODEL_TYPE
 
-    if MODEL_TYPE not in {m.value for m in SupportedModel}:
-        SupportedModel.register(MODEL_TYPE)
+    if MODEL_TYPE not in SupportedModel.models:
+        SupportedModel.PANGU = SupportedModel.register(MODEL_TYPE)
     return True
 
 
