@@ -36,6 +36,8 @@ __all__ = [
     "SGLANG_STACKED_PARAMS",
     "hf_names",
     "megatron_names",
+    "stage_mappings",
+    "TIED_OUTPUT",
     "mapping_for_megatron_name",
     "hf_to_megatron_shard",
     "megatron_to_hf",
@@ -240,6 +242,11 @@ LAYOUT: tuple[ParamMapping, ...] = (
     ParamMapping("output_layer.weight", ("lm_head.weight",), Fuse.COPY, 0, Placement.LAST),
 )
 
+#: Tied embeddings with PP > 1: Megatron's last stage (without the embedding) keeps its own copy
+#: of the embedding as ``output_layer.weight`` (synced by an all-reduce after init, so a checkpoint
+#: must carry it or the last stage keeps its random init). Emitted only for such a stage.
+TIED_OUTPUT = ParamMapping("output_layer.weight", ("model.embed_tokens.weight",), Fuse.COPY, 0, Placement.LAST)
+
 #: Transformer Engine spec names for the norms (TE fuses them into the following linear).
 NORM_ALIASES: dict[str, str] = {
     LAYER_MG + "input_layernorm.weight": LAYER_MG + "self_attention.linear_qkv.layer_norm_weight",
@@ -301,8 +308,21 @@ def _mappings(dims: PanguDims, layers: Iterable[int] | None = None, first: bool 
     for m in LAYOUT:
         if m.placement is Placement.LAST and last:
             if m.megatron == "output_layer.weight" and dims.tie_word_embeddings:
+                if not first:  # a last stage without the embedding holds a copy of it
+                    yield TIED_OUTPUT, None
                 continue
             yield m, None
+
+
+def stage_mappings(
+    dims: PanguDims, layers: Iterable[int] | None = None, first: bool = True, last: bool = True
+) -> list[tuple[ParamMapping, int | None]]:
+    """The (mapping, global layer) pairs one pipeline stage holds, in canonical order.
+
+    For consumers that stream one parameter at a time (the checkpoint converter) instead of
+    building a whole stage with :func:`hf_to_megatron_shard`; both walk the same list.
+    """
+    return list(_mappings(dims, layers, first, last))
 
 
 def hf_names(dims: PanguDims) -> list[str]:
