@@ -1,0 +1,77 @@
+"""Command line: ``python -m ckpt_convertor {hf-to-megatron,megatron-to-hf} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .cache import ensure_megatron
+from .errors import ConversionError
+
+log = logging.getLogger("ckpt_convertor")
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ckpt_convertor",
+        description="Convert openPangu-Embedded checkpoints between HF (safetensors) and Megatron "
+        "(torch format, release/mp_rank_XX[_YYY]/model_optim_rng.pt) at any TP/PP.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("hf-to-megatron", help="HF directory -> Megatron release checkpoint (cached)",
+                       description="Convert an HF Pangu directory into a Megatron release checkpoint that "
+                       "RLinf/Megatron load with megatron.load=OUT. A second run with the same input and "
+                       "options finds the result in place and returns at once.")
+    h.add_argument("--hf", required=True, metavar="DIR", help="HF checkpoint directory (config.json + safetensors)")
+    h.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    h.add_argument("--tp", type=int, default=1, help="tensor parallel size (default 1)")
+    h.add_argument("--pp", type=int, default=1, help="pipeline parallel size (default 1)")
+    h.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per PP rank (needs --pp >= 2)")
+    h.add_argument("--dtype", choices=DTYPES, default=None, help="output dtype (default: the checkpoint's)")
+    h.add_argument("--norm-names", choices=("local", "te"), default="local",
+                   help="Megatron norm parameter names: local spec (default) or Transformer Engine spec")
+    h.add_argument("--force", action="store_true", help="convert even if an up-to-date conversion exists")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    m = sub.add_parser("megatron-to-hf", help="Megatron checkpoint -> official-layout HF directory",
+                       description="Convert a torch-format Megatron Pangu checkpoint (TP/PP/VPP read from its "
+                       "files) into sharded safetensors + index + config + tokenizer files.")
+    m.add_argument("--megatron", required=True, metavar="DIR", help="Megatron checkpoint (holds latest_checkpointed_iteration.txt)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output HF directory (written atomically)")
+    m.add_argument("--dtype", choices=DTYPES, default=None, help="output dtype (default: the checkpoint's)")
+    m.add_argument("--config", metavar="FILE", default=None,
+                   help="HF config.json (default: the one kept in the checkpoint's hf_meta/)")
+    m.add_argument("--shard-gb", type=float, default=5.0, help="max shard size when writing a new shard layout (GiB)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    progress = False if a.no_progress else True
+    try:
+        if a.command == "hf-to-megatron":
+            out, converted = ensure_megatron(a.hf, a.out, a.tp, a.pp, vpp=a.vpp, dtype=a.dtype,
+                                             norm_names=a.norm_names, force=a.force, progress=progress)
+            log.info("%s: %s", "converted" if converted else "up to date", out)
+        else:
+            from .convert import megatron_to_hf
+
+            megatron_to_hf(a.megatron, a.out, a.dtype, config=a.config, shard_bytes=int(a.shard_gb * 1024**3),
+                           overwrite=a.overwrite, progress=progress)
+    except ConversionError as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
