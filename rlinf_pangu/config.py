@@ -1,0 +1,310 @@
+"""The training entry point's configuration: compose, check, prepare — all before any worker starts.
+
+Why a module of its own: RLinf's ``validate_cfg`` starts the Ray cluster before it checks anything,
+and accepts any key (a misspelt one is silently ignored). A bad YAML must instead fail at once,
+naming the key. So the driver (``rlinf_pangu.train``) runs, in this order:
+
+1. :func:`compose` — hydra composes the example YAML with its ``defaults`` from ``configs/`` plus
+   ``key=value`` overrides (hydra's own grammar: an override of an unknown key already fails).
+2. :func:`check_known_keys` — every key must exist in the schema, ``configs/rlinf/`` (RLinf's
+   reasoning GRPO keys plus the project's ``pangu`` section); the error names the key and the
+   closest known one.
+3. :func:`prepare` — absolute paths (Ray workers do not share the driver's cwd), the tiny
+   checkpoint made on first use, and the Pangu checks: ``rollout.model.model_type`` is ``pangu``
+   for a Pangu checkpoint, actor TP/PP and rollout TP fit the model's heads/layers, the eos id is
+   the tokenizer's, the precision is one RLinf's Megatron path accepts.
+
+Only then does the driver call RLinf's ``validate_cfg``. :func:`resolve_rlinf` runs RLinf's own
+validators on a copy *without* a cluster, so tests (and ``--dry-run``) can see the resolved RLinf
+config of a 7B/8-GPU job on a CPU host.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The reusable YAML pieces (schema + groups). Overridable for installs without the repository.
+CONFIGS_DIR = Path(os.environ.get("RLINF_PANGU_CONFIGS", ROOT / "configs"))
+#: The schema: every key the entry point accepts, with its default.
+SCHEMA_FILE = "rlinf/grpo_megatron_sglang.yaml"
+#: Subtrees whose keys are free-form (RLinf reads them as maps or passes them on as-is).
+OPEN_SUBTREES = (
+    "cluster.component_placement",
+    "cluster.node_groups",
+    "cluster.profiling",
+    "pangu.make_checkpoint.overrides",
+)
+#: Config paths that name files or folders; made absolute in the driver (Ray workers' cwd differs).
+PATH_KEYS = (
+    "rollout.model.model_path",
+    "runner.output_dir",
+    "data.train_data_paths",
+    "data.val_data_paths",
+    "runner.resume_dir",
+)
+#: ``precision`` values RLinf's Megatron path accepts (``rlinf/utils/initialize.py``).
+MEGATRON_PRECISIONS = ("bf16", "fp16", "bf16-mixed", "16", "16-mixed")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key (``key``) and why."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# --------------------------------------------------------------------------------------
+# Composition
+# --------------------------------------------------------------------------------------
+
+
+def register_resolvers() -> None:
+    """``${pangu_data:NAME}``: the absolute path of a dataset bundled in ``rlinf_pangu/data``."""
+    if not OmegaConf.has_resolver("pangu_data"):
+        from .data import data_path
+
+        OmegaConf.register_new_resolver("pangu_data", lambda name: str(data_path(name)))
+    import rlinf.utils.omega_resolver  # noqa: F401  (RLinf's ${subtract:...}, ${not:...})
+
+
+def compose(config: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``config`` (a YAML path) with its hydra ``defaults`` from ``configs/`` and ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = Path(config).resolve()
+    if not path.is_file():
+        raise ConfigError("--config", f"no such file: {config}")
+    if not CONFIGS_DIR.is_dir():
+        raise ConfigError("--config", f"configs folder not found at {CONFIGS_DIR} (set RLINF_PANGU_CONFIGS)")
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3", job_name="rlinf_pangu"):
+        try:
+            cfg = hydra_compose(
+                config_name=path.stem,
+                overrides=[f"hydra.searchpath=[file://{CONFIGS_DIR}]", *overrides],
+            )
+        except Exception as e:  # hydra's errors name the override or the missing group option
+            raise ConfigError(_hydra_key(e), f"{type(e).__name__}: {e}") from e
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def _hydra_key(e: Exception) -> str:
+    msg = str(e)
+    for marker in ("Could not override '", "Key '", "key '"):
+        if marker in msg:
+            return msg.split(marker, 1)[1].split("'", 1)[0]
+    return "overrides"
+
+
+# --------------------------------------------------------------------------------------
+# Unknown keys
+# --------------------------------------------------------------------------------------
+
+
+def load_schema() -> DictConfig:
+    return OmegaConf.load(CONFIGS_DIR / SCHEMA_FILE)
+
+
+def _keys(node: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            yield path
+            if path in OPEN_SUBTREES:
+                continue
+            try:
+                child = node._get_node(k)
+            except Exception:
+                continue
+            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+                yield from _keys(child, path)
+
+
+def check_known_keys(cfg: DictConfig, schema: DictConfig | None = None) -> None:
+    """Reject any key that is not in the schema, naming it and the closest known key."""
+    schema = schema if schema is not None else load_schema()
+    known = set(_keys(schema))
+    for key in _keys(cfg):
+        if key in known or any(key.startswith(o + ".") for o in OPEN_SUBTREES):
+            continue
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k for k in known if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+        close = difflib.get_close_matches(key, siblings or list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(key, f"unknown key{hint}; the accepted keys are in configs/{SCHEMA_FILE}")
+
+
+# --------------------------------------------------------------------------------------
+# Preparation and the Pangu checks
+# --------------------------------------------------------------------------------------
+
+
+def device(cfg: DictConfig) -> str:
+    """``cluster.device``: ``gpu`` or ``cpu`` (the explicit CPU mode)."""
+    dev = str(cfg.cluster.get("device", "gpu")).lower()
+    if dev not in ("gpu", "cpu"):
+        raise ConfigError("cluster.device", f"must be 'gpu' or 'cpu', got {dev!r}")
+    return dev
+
+
+def absolutize_paths(cfg: DictConfig, base: Path | None = None) -> None:
+    """Make the path-valued keys absolute, relative to ``base`` (the driver's cwd)."""
+    base = Path(base or os.getcwd())
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v and not v.startswith(("/", "hdfs:", "s3:", "gs:")):
+            return str((base / v).resolve())
+        return v
+
+    with open_dict(cfg):
+        for key in PATH_KEYS:
+            node_key, leaf = key.rsplit(".", 1)
+            parent = OmegaConf.select(cfg, node_key)
+            if parent is None or leaf not in parent or OmegaConf.is_missing(parent, leaf):
+                continue
+            value = parent[leaf]
+            if isinstance(value, (list, ListConfig)):
+                parent[leaf] = [fix(v) for v in value]
+            else:
+                parent[leaf] = fix(value)
+
+
+def ensure_checkpoint(cfg: DictConfig) -> Path:
+    """The HF checkpoint at ``rollout.model.model_path``; made by the factory if missing and enabled."""
+    path = Path(cfg.rollout.model.model_path)
+    mk = cfg.pangu.make_checkpoint
+    if (path / "config.json").is_file():
+        return path
+    if not mk.enabled:
+        raise ConfigError(
+            "rollout.model.model_path",
+            f"no HF checkpoint at {path} (config.json missing); point it at an openPangu-Embedded "
+            "checkpoint or set pangu.make_checkpoint.enabled=true for a random one",
+        )
+    from .make_checkpoint import make_checkpoint
+
+    overrides = OmegaConf.to_container(mk.overrides, resolve=True) or {}
+    log.info("making a %s checkpoint (seed %d, %s) at %s", mk.preset, mk.seed, mk.dtype, path)
+    make_checkpoint(path, preset_name=mk.preset, seed=int(mk.seed), dtype=str(mk.dtype), overwrite=False, **overrides)
+    return path
+
+
+def _hf_config_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError("rollout.model.model_path", f"cannot read {path / 'config.json'}: {e}") from e
+
+
+def is_pangu_checkpoint(hf: dict[str, Any]) -> bool:
+    from .hf.configuration import PanguEmbeddedConfig
+
+    archs = hf.get("architectures") or []
+    return hf.get("model_type") == PanguEmbeddedConfig.model_type or "PanguEmbeddedForCausalLM" in archs
+
+
+def check_pangu(cfg: DictConfig) -> None:
+    """The Pangu checks against the checkpoint's config.json; each error names the key."""
+    from . import MODEL_TYPE
+    from .chat import EOS_TOKEN_ID
+    from .layout import LayoutError, PanguDims
+
+    hf = _hf_config_json(Path(cfg.rollout.model.model_path))
+    model_type = cfg.rollout.model.get("model_type")
+    if is_pangu_checkpoint(hf):
+        if model_type != MODEL_TYPE:
+            raise ConfigError(
+                "rollout.model.model_type",
+                f"{model_type!r} but {cfg.rollout.model.model_path} is an openPangu-Embedded checkpoint; "
+                f"set it to {MODEL_TYPE!r} (it selects the Pangu sync convertor and reshard functions)",
+            )
+    elif model_type == MODEL_TYPE:
+        raise ConfigError(
+            "rollout.model.model_type",
+            f"'pangu' but {cfg.rollout.model.model_path} is not an openPangu-Embedded checkpoint "
+            f"(model_type {hf.get('model_type')!r})",
+        )
+    if not is_pangu_checkpoint(hf):
+        return
+    dims = PanguDims.from_hf_config(hf)
+    model = cfg.actor.model
+    tp, pp = int(model.tensor_model_parallel_size), int(model.pipeline_model_parallel_size)
+    vpp = model.get("virtual_pipeline_model_parallel_size")
+    try:
+        dims.check_parallel(tp, pp, int(vpp) if vpp else None)
+    except LayoutError as e:
+        key = "actor.model.tensor_model_parallel_size" if "tensor parallel" in str(e) else "actor.model.pipeline_model_parallel_size"
+        raise ConfigError(key, str(e)) from e
+    rtp = int(cfg.rollout.get("tensor_parallel_size", 1))
+    try:
+        dims.check_parallel(rtp, 1)
+    except LayoutError as e:
+        raise ConfigError("rollout.tensor_parallel_size", str(e)) from e
+    if rtp > tp or tp % rtp:
+        raise ConfigError(
+            "rollout.tensor_parallel_size",
+            f"{rtp} must divide actor.model.tensor_model_parallel_size={tp} (RLinf's colocated weight sync "
+            "gathers actor TP shards into rollout TP shards)",
+        )
+    eos = cfg.rollout.get("eos")
+    want_eos = int(hf.get("eos_token_id", EOS_TOKEN_ID) if not isinstance(hf.get("eos_token_id"), list) else hf["eos_token_id"][0])
+    if eos is not None and int(eos) != want_eos:
+        raise ConfigError("rollout.eos", f"{eos} but the checkpoint's eos_token_id is {want_eos} ([unused10])")
+    precision = str(model.precision)
+    if cfg.actor.training_backend == "megatron" and precision not in MEGATRON_PRECISIONS:
+        raise ConfigError(
+            "actor.model.precision",
+            f"{precision!r}: RLinf's Megatron path accepts only fp16/bf16 (openPangu is bf16)",
+        )
+    if cfg.reward.reward_type in ("math",):
+        log.warning(
+            "reward.reward_type=math grades the whole completion, thinking included; "
+            "pangu_math grades only the answer after [unused17]"
+        )
+
+
+def prepare(cfg: DictConfig, base: Path | None = None) -> DictConfig:
+    """Everything that must hold before RLinf's validate_cfg starts the cluster (in place)."""
+    check_known_keys(cfg)
+    device(cfg)
+    absolutize_paths(cfg, base)
+    ensure_checkpoint(cfg)
+    check_pangu(cfg)
+    return cfg
+
+
+def resolve_rlinf(cfg: DictConfig) -> DictConfig:
+    """RLinf's reasoning/Megatron validation on a copy, without starting a cluster.
+
+    The same validators ``rlinf.config.validate_cfg`` runs after its ``Cluster(...)``: reasoning,
+    rollout, Megatron defaults and the model shapes from the HF config. (They are not idempotent,
+    so the real run validates the original once more through ``validate_cfg``.)
+    """
+    from rlinf import config as rc
+
+    from . import register
+
+    register()
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(cfg, True)
+    cfg = rc.validate_reasoning_cfg(cfg)
+    cfg.actor = rc.validate_megatron_cfg(cfg.actor)
+    cfg.actor = rc.validate_model_cfg_by_hf_config(cfg.actor, cfg.rollout.model.model_path)
+    return cfg
