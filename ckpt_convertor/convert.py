@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 import shutil
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,57 +171,62 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
     if vpp and pp < 2:
         raise ConversionError(f"virtual pipeline stages (vpp={vpp}) need pipeline parallel size >= 2 (got pp={pp})")
     ckpt = HFCheckpoint.open(hf_dir)
-    dims = ckpt.dims
     try:
-        dims.check_parallel(tp, pp, vpp)
-    except LayoutError as e:
-        raise ConversionError(f"{e} (config {Path(hf_dir) / CONFIG_FILE})") from None
-    target = resolve_dtype(dtype, ckpt.dtype)
-    itemsize = torch.empty(0, dtype=target).element_size()
-    stages = pipeline_stages(dims.num_hidden_layers, pp, vpp)
-    plans = [[_plan_stage(ckpt, s, tp, norm_names) for s in chunks] for chunks in stages]
-    total = sum(_numel(i.shape) * itemsize for chunks in plans for items in chunks for i in items) * tp
-    fp = fingerprint or cache.fingerprint(hf_dir, tp=tp, pp=pp, vpp=vpp, dtype=dtype or "auto", norm_names=norm_names)
-    log.info("converting %s -> %s (TP=%d PP=%d VPP=%s, %s, %s norm names, %.2f GiB)",
-             ckpt.path, out, tp, pp, vpp, _dtype_name(target), norm_names, total / 1024**3)
+        dims = ckpt.dims
+        try:
+            dims.check_parallel(tp, pp, vpp)
+        except LayoutError as e:
+            raise ConversionError(f"{e} (config {Path(hf_dir) / CONFIG_FILE})") from None
+        target = resolve_dtype(dtype, ckpt.dtype)
+        itemsize = torch.empty(0, dtype=target).element_size()
+        stages = pipeline_stages(dims.num_hidden_layers, pp, vpp)
+        plans = [[_plan_stage(ckpt, s, tp, norm_names) for s in chunks] for chunks in stages]
+        total = sum(_numel(i.shape) * itemsize for chunks in plans for items in chunks for i in items) * tp
+        fp = fingerprint or cache.fingerprint(hf_dir, tp=tp, pp=pp, vpp=vpp, dtype=dtype or "auto", norm_names=norm_names)
+        log.info("converting %s -> %s (TP=%d PP=%d VPP=%s, %s, %s norm names, %.2f GiB)",
+                 ckpt.path, out, tp, pp, vpp, _dtype_name(target), norm_names, total / 1024**3)
 
-    with cache.staging(out) as tmp:
-        files: dict[str, int] = {}
-        with _bar(total, "hf->megatron", progress) as bar:
-            pipe = _WritePipeline(bar)
-            try:
-                for p, chunks in enumerate(plans):
-                    writers = []
-                    for r in range(tp):
-                        plan = {stages[p][v].key: [(i.name, i.shape, target) for i in items] for v, items in enumerate(chunks)}
-                        writers.append(RankFileWriter(tmp / RELEASE / rank_dir_name(r, p, pp) / RANK_FILE, plan))
-                    for items in chunks:
-                        for it in items:
-                            srcs = [_as(ckpt[n], target) for n in it.mapping.hf_names(it.layer)]
-                            for r in range(tp):
-                                shard = it.mapping.shard(srcs, dims, r, tp)
-                                pipe.submit(writers[r].write, it.key, it.name, shard, nbytes=shard.numel() * itemsize)
-                            del srcs
-                    pipe.drain()
+        with cache.staging(out) as tmp:
+            files: dict[str, int] = {}
+            with _bar(total, "hf->megatron", progress) as bar:
+                pipe = _WritePipeline(bar)
+                writers: list[RankFileWriter] = []
+                try:
+                    for p, chunks in enumerate(plans):
+                        writers = []
+                        for r in range(tp):
+                            plan = {stages[p][v].key: [(i.name, i.shape, target) for i in items] for v, items in enumerate(chunks)}
+                            writers.append(RankFileWriter(tmp / RELEASE / rank_dir_name(r, p, pp) / RANK_FILE, plan))
+                        for items in chunks:
+                            for it in items:
+                                srcs = [_as(ckpt[n], target) for n in it.mapping.hf_names(it.layer)]
+                                for r in range(tp):
+                                    shard = it.mapping.shard(srcs, dims, r, tp)
+                                    pipe.submit(writers[r].write, it.key, it.name, shard, nbytes=shard.numel() * itemsize)
+                                del srcs
+                        pipe.drain()
+                        for w in writers:
+                            w.close(fsync=fsync)
+                            files[str(w.path.relative_to(tmp))] = w.path.stat().st_size
+                finally:
+                    pipe.close()
                     for w in writers:
-                        w.close(fsync=fsync)
-                        files[str(w.path.relative_to(tmp))] = w.path.stat().st_size
-            finally:
-                pipe.close()
-        write_tracker(tmp)
-        files.update(_save_hf_meta(ckpt, tmp / cache.HF_META, tmp))
-        sidecar = {
-            "format": "rlinf-pangu/megatron-torch",
-            "converter_version": cache.CONVERTER_VERSION,
-            "fingerprint": fp,
-            "source": str(ckpt.path.absolute()),
-            "tp": tp, "pp": pp, "vpp": vpp,
-            "dtype": _dtype_name(target), "source_dtype": _dtype_name(ckpt.dtype),
-            "norm_names": norm_names,
-            "files": files,
-        }
-        (tmp / cache.SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-    ckpt.close()
+                        w.abort()
+            write_tracker(tmp)
+            files.update(_save_hf_meta(ckpt, tmp / cache.HF_META, tmp))
+            sidecar = {
+                "format": "rlinf-pangu/megatron-torch",
+                "converter_version": cache.CONVERTER_VERSION,
+                "fingerprint": fp,
+                "source": str(ckpt.path.absolute()),
+                "tp": tp, "pp": pp, "vpp": vpp,
+                "dtype": _dtype_name(target), "source_dtype": _dtype_name(ckpt.dtype),
+                "norm_names": norm_names,
+                "files": files,
+            }
+            (tmp / cache.SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    finally:
+        ckpt.close()
     dt = time.perf_counter() - t0
     log.info("wrote %s in %.1f s (%.0f MiB/s)", out, dt, total / 1024**2 / max(dt, 1e-9))
     return out
@@ -391,6 +397,9 @@ def megatron_to_hf(mg_dir: str | Path, out_dir: str | Path, dtype: str | torch.d
                     pipe.drain()
             finally:
                 pipe.close()
+                if sys.exc_info()[0] is not None:
+                    for w in writers.values():
+                        w.abort()
         for w in writers.values():
             w.close(fsync=fsync)
         index = {"metadata": {"total_size": total}, "weight_map": {n: assignment[n] for n in sorted(entries)}}

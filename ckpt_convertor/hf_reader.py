@@ -1,8 +1,10 @@
 """Lazy, validated reading of an official-layout Pangu HF checkpoint directory.
 
 Only JSON (config.json, the index) and safetensors are read: the safetensors headers are parsed
-as JSON by this module, and tensors are read one at a time through ``safe_open`` when the
-converter asks for them, so memory holds one tensor, not the model. Every check that can fail
+as JSON by this module, and each tensor is read (``pread`` at the offset its header gives) only
+when the converter asks for it, so memory holds one tensor, not the model. Plain reads rather
+than ``safe_open``'s memory map: pages of a mapped file count in the process's RSS for as long as
+the map lives, which would make a 16 GB checkpoint look like 16 GB of memory. Every check that can fail
 (missing/unexpected tensors, shapes, dtypes, truncated files, a config that disagrees with the
 weights) runs in :meth:`HFCheckpoint.open`, before any output exists.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ class TensorInfo:
     file: str
     dtype: torch.dtype
     shape: tuple[int, ...]
+    offset: int = 0  # of the tensor's bytes in the file
 
     @property
     def nbytes(self) -> int:
@@ -103,7 +107,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             raise ConversionError(f"{path}: corrupt header entry for tensor {name!r} ({e})") from e
         if code not in ST_DTYPES:
             raise ConversionError(f"{path}: tensor {name!r} has unsupported dtype {code}")
-        info = TensorInfo(name, path.name, ST_DTYPES[code], shape)
+        info = TensorInfo(name, path.name, ST_DTYPES[code], shape, 8 + n + int(start))
         if end - start != info.nbytes or start < 0:
             raise ConversionError(f"{path}: header entry for tensor {name!r} is inconsistent with its shape {shape}")
         if end > data_len:
@@ -156,7 +160,7 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         self.tensors = tensors  # the weights the layout consumes
         self.extras = extras  # tensors kept verbatim but not converted (RoPE inv_freq buffers)
         self.dtype = dtype
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, int] = {}
 
     # -- validation ----------------------------------------------------------------------
     @classmethod
@@ -245,19 +249,29 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         return dtype
 
     # -- lazy access ---------------------------------------------------------------------
-    def _handle(self, fname: str):
-        h = self._handles.get(fname)
-        if h is None:
-            from safetensors import safe_open
-
-            h = self._handles[fname] = safe_open(str(self.path / fname), framework="pt", device="cpu")
-        return h
+    def _fd(self, fname: str) -> int:
+        fd = self._handles.get(fname)
+        if fd is None:
+            fd = self._handles[fname] = os.open(self.path / fname, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self.tensors.get(name) or self.extras.get(name)
         if info is None:
             raise KeyError(name)
-        return self._handle(info.file).get_tensor(name)
+        t = torch.empty(info.shape, dtype=info.dtype)
+        size = info.nbytes
+        if size:
+            buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+            fd, done = self._fd(info.file), 0
+            while done < size:
+                n = os.preadv(fd, [buf[done:]], info.offset + done)
+                if n <= 0:
+                    raise ConversionError(f"{self.path / info.file} ended while reading tensor {name!r} (file changed?)")
+                done += n
+        return t
 
     def meta(self, name: str) -> torch.Tensor:
         """A shape/dtype-only stand-in, for planning the output without reading data."""
@@ -271,6 +285,8 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         return len(self.tensors)
 
     def close(self) -> None:
+        for fd in self._handles.values():
+            os.close(fd)
         self._handles.clear()
 
     @property

@@ -53,6 +53,12 @@ class SafetensorsWriter:
         self._done.add(name)
         return size
 
+    def abort(self) -> None:
+        """Close without checks (the caller is discarding the file's directory)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self, fsync: bool = True) -> None:
         missing = [n for n in self._slots if n not in self._done]
         try:
@@ -61,4 +67,4 @@ class SafetensorsWriter:
             if fsync:
                 os.fsync(self._fd)
         finally:
-            os.close(self._fd)
+            self.abort()

@@ -172,6 +172,12 @@ class RankFileWriter:
         self._done.add((key, name))
         return size
 
+    def abort(self) -> None:
+        """Close without checks (the caller is discarding the file's directory)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self, fsync: bool = True) -> None:
         missing = [f"{k}.{n}" for (k, n) in self._slots if (k, n) not in self._done]
         try:
@@ -180,7 +186,7 @@ class RankFileWriter:
             if fsync:
                 os.fsync(self._fd)
         finally:
-            os.close(self._fd)
+            self.abort()
 
 
 def _numel(shape: Iterable[int]) -> int:

@@ -1,0 +1,141 @@
+"""Benchmark: HF -> Megatron conversion of a factory checkpoint against ``cp -r`` of the same files.
+
+    .venv/bin/python benchmarks/convert.py --preset 7b --tp 2 --pp 2 --work /tmp/convert-bench
+
+Measures, in one run on this host:
+
+* ``cp -r`` of the HF directory (and ``cp -r`` + ``sync``, the same durability as the converter,
+  which fsyncs its files before the rename);
+* ``python -m ckpt_convertor hf-to-megatron`` as a child process: wall time and its peak RSS
+  (``ru_maxrss`` from ``wait4``: the child alone);
+* the cache-hit restart: the same command again (a fresh process, as a restarted job), and the
+  in-process ``ensure_megatron`` call RLinf's start-up makes;
+* optionally (``--back``) ``megatron-to-hf`` the same way.
+
+The factory checkpoint is generated into ``--work`` unless it is already there, and everything
+is deleted at the end unless ``--keep``. The host is shared: run it more than once and report
+the spread, not one number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _child(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, exit code) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss * 1024, proc.returncode
+
+
+def _sync() -> float:
+    t0 = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="7b", choices=["tiny", "1b", "7b"])
+    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--pp", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/convert-bench"))
+    ap.add_argument("--rounds", type=int, default=1, help="repeat cp / convert this many times (alternating)")
+    ap.add_argument("--back", action="store_true", help="also time megatron-to-hf")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    a = ap.parse_args()
+
+    work = a.work
+    work.mkdir(parents=True, exist_ok=True)
+    hf = work / f"hf-{a.preset}"
+    results: dict = {"preset": a.preset, "tp": a.tp, "pp": a.pp, "host": platform.node(),
+                     "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    try:
+        if not (hf / "config.json").exists():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "rlinf_pangu.make_checkpoint", "--preset", a.preset,
+                            "--out", str(hf), "--dtype", "bf16", "--overwrite"], cwd=REPO, check=True)
+            results["factory_seconds"] = time.perf_counter() - t0
+        size = _du(hf)
+        results["hf_bytes"] = size
+        print(f"HF checkpoint: {size / 1024**3:.2f} GiB in {hf}", flush=True)
+        _sync()
+
+        mg = work / "mg"
+        cp_dst = work / "hf-copy"
+        rounds = []
+        for i in range(a.rounds):
+            r: dict = {}
+            shutil.rmtree(cp_dst, ignore_errors=True)
+            _sync()
+            t0 = time.perf_counter()
+            subprocess.run(["cp", "-r", str(hf), str(cp_dst)], check=True)
+            r["cp"] = time.perf_counter() - t0
+            r["cp_sync"] = r["cp"] + _sync()
+            shutil.rmtree(cp_dst)
+            _sync()
+
+            shutil.rmtree(mg, ignore_errors=True)
+            cmd = [sys.executable, "-m", "ckpt_convertor", "hf-to-megatron", "--hf", str(hf), "--out", str(mg),
+                   "--tp", str(a.tp), "--pp", str(a.pp), "--no-progress"]
+            wall, rss, rc = _child(cmd)
+            if rc != 0:
+                raise SystemExit(f"conversion failed with exit code {rc}")
+            r["convert"] = wall
+            r["convert_peak_rss"] = rss
+            r["ratio_vs_cp"] = wall / r["cp"]
+            r["ratio_vs_cp_sync"] = wall / r["cp_sync"]
+            rounds.append(r)
+            print(json.dumps(r), flush=True)
+        results["rounds"] = rounds
+        results["megatron_bytes"] = _du(mg)
+
+        wall, rss, rc = _child([sys.executable, "-m", "ckpt_convertor", "hf-to-megatron", "--hf", str(hf),
+                                "--out", str(mg), "--tp", str(a.tp), "--pp", str(a.pp), "--no-progress"])
+        results["restart_cli"] = wall
+        results["restart_cli_rc"] = rc
+        from ckpt_convertor import ensure_megatron
+
+        t0 = time.perf_counter()
+        _, converted = ensure_megatron(hf, mg, a.tp, a.pp)
+        results["restart_in_process"] = time.perf_counter() - t0
+        results["restart_reconverted"] = converted
+
+        if a.back:
+            back = work / "hf-back"
+            shutil.rmtree(back, ignore_errors=True)
+            wall, rss, rc = _child([sys.executable, "-m", "ckpt_convertor", "megatron-to-hf", "--megatron", str(mg),
+                                    "--out", str(back), "--no-progress"])
+            results["back"] = {"seconds": wall, "peak_rss": rss, "rc": rc}
+            shutil.rmtree(back, ignore_errors=True)
+        results["load_after"] = os.getloadavg()
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
