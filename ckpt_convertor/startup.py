@@ -12,12 +12,16 @@ Keys read from ``ckpt_cfg`` (RLinf's own, plus optional ones of ours):
 optional ``virtual_pipeline_model_parallel_size``, ``dtype`` (bf16/fp16/fp32; default: the
 checkpoint's), ``norm_names`` (local/te). When ``ckpt_cfg`` sits inside the actor config, the
 actor's ``model.*_parallel_size`` are checked against it (a mismatch is what makes Megatron miss
-rank files) and ``spec_name``/``te_ln_linear_qkv`` choose the norm names.
+rank files) and ``spec_name``/``te_ln_linear_qkv`` choose the norm names (Transformer Engine
+fuses the norms into ``linear_qkv``/``linear_fc1``). With the TE spec, Megatron's strict load
+reports the TE modules' ``_extra_state`` (FP8 metadata, not weights) as missing and falls back to
+its non-strict load, which loads every weight: the same as for RLinf's own converter.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -64,15 +68,31 @@ def _actor_cfg(ckpt_cfg: Any) -> Any:
         return None
 
 
+#: RLinf/Pangu spec names -> Transformer Engine modules? (None: TE when it is installed, as
+#: RLinf's provider passes ``use_te=HAVE_TE`` and the ``pangu`` spec follows it).
+_SPEC_USES_TE: dict[str, bool | None] = {
+    "pangu": None, "pangu_local": False, "pangu_te": True,
+    "local_gpt": False, "te_gpt": True, "decoder_gpt": None, "": None,
+}
+
+
+def _te_installed() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
 def _norm_names(ckpt_cfg: Any, actor: Any) -> str:
+    """``local`` or ``te``: the norm parameter names the actor's Megatron model will have."""
     explicit = _get(ckpt_cfg, "norm_names")
     if explicit:
         return str(explicit)
-    te_flag = _get(ckpt_cfg, "te_ln_linear_qkv")
+    te_flag = _get(ckpt_cfg, "te_ln_linear_qkv")  # RLinf's own converter key
     if te_flag is not None:
         return "te" if te_flag else "local"
-    spec = str(_get(actor, "spec_name", "") or "")
-    return "te" if spec.startswith("te") else "local"
+    spec = str(_get(actor, "spec_name", "pangu") or "")
+    uses_te = _SPEC_USES_TE.get(spec, False)
+    if uses_te is None:
+        uses_te = _te_installed()
+    return "te" if uses_te else "local"
 
 
 def settings_from_config(hf_model_path: str, ckpt_cfg: Any) -> dict[str, Any]:
