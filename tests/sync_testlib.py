@@ -1,0 +1,320 @@
+"""Shared pieces of the weight-sync tests (tests/test_sync_*.py, tests/test_sglang_*.py).
+
+Everything that runs inside a spawned rank is a module-level function here (picklable). The
+Megatron side is real megatron-core (the Pangu spec of ``rlinf_pangu.megatron``) driven through
+RLinf's own ``ReshardConfig`` / ``MegatronCoreWeightReshard``; the SGLang side is SGLang's own
+model class and parallel state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: Sync buckets hold this many decoder layers' bytes (RLinf counts only ``decoder.layers``
+#: bytes): 1.5 puts the first bucket boundary inside the second layer of each stage.
+BUCKET_LAYERS = 1.5
+
+
+# --------------------------------------------------------------------------------------
+# HF side
+# --------------------------------------------------------------------------------------
+
+
+def load_hf_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF checkpoint dir (sharded safetensors), by name."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    index = ckpt / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(ckpt / f)))
+    from rlinf_pangu.layout import ROTARY_INV_FREQ
+
+    return {k: v for k, v in out.items() if not ROTARY_INV_FREQ.search(k)}
+
+
+def hf_config(ckpt: str | Path):
+    import rlinf_pangu
+
+    rlinf_pangu.register_transformers()
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(ckpt))
+
+
+def rollout_reference(hf: dict[str, torch.Tensor], cfg, rollout_tp: int, rollout_rank: int) -> dict[str, torch.Tensor]:
+    """What one SGLang rank must receive: each HF tensor split like SGLang splits it.
+
+    Independent of the convertor: a tensor is cut along the TP dim the layout gives its
+    Megatron parameter (q/k/v and gate/up along dim 0, o_proj/down along dim 1), kept whole
+    when replicated (norms, o_proj bias), and the vocabulary tables are cut to SGLang's
+    64-padded row ranges.
+    """
+    from resharding.vocab import sglang_vocab_rows
+    from resharding.reshard import is_vocab_parallel
+    from rlinf_pangu.layout import PanguDims, stage_mappings
+
+    dims = PanguDims.from_hf_config(cfg)
+    out = {}
+    for mapping, layer in stage_mappings(dims):
+        for name in mapping.hf_names(layer):
+            t = hf[name]
+            if mapping.tp_dim is None or rollout_tp == 1:
+                out[name] = t
+            elif is_vocab_parallel(mapping):
+                lo, hi = sglang_vocab_rows(dims.vocab_size, rollout_tp, rollout_rank)
+                out[name] = t[lo:hi]
+            else:
+                out[name] = t.chunk(rollout_tp, mapping.tp_dim)[rollout_rank]
+    return out
+
+
+def compare_exact(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> list[str]:
+    """Names that differ in presence, shape, dtype or any bit."""
+    bad = [f"missing {k}" for k in want if k not in got] + [f"extra {k}" for k in got if k not in want]
+    for k in want.keys() & got.keys():
+        a, b = got[k], want[k]
+        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+            bad.append(f"differs {k}: {tuple(a.shape)} {a.dtype} vs {tuple(b.shape)} {b.dtype}")
+    return sorted(bad)
+
+
+# --------------------------------------------------------------------------------------
+# Megatron side (inside gloo ranks)
+# --------------------------------------------------------------------------------------
+
+
+def gloo_reshard_subgroups() -> None:
+    """Test redirect: RLinf's MegatronCoreWeightReshard creates its TP subgroups with
+    ``backend="nccl"``; CPU ranks need gloo."""
+    from megatron.core import parallel_state as ps
+
+    if getattr(ps.create_group, "_gloo_redirect", False):
+        return
+    original = ps.create_group
+
+    def create_group(ranks=None, timeout=None, backend=None, *args, **kwargs):
+        return original(ranks, timeout, "gloo", *args, **kwargs)
+
+    create_group._gloo_redirect = True
+    ps.create_group = create_group
+
+
+def build_megatron(ckpt: str, tp: int, pp: int):
+    """A Pangu GPTModel stage (fp32, local spec) holding this rank's shard of the HF checkpoint."""
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+    from megatron.core.models.gpt import GPTModel
+
+    from rlinf_pangu.layout import PanguDims, hf_to_megatron_shard
+    from rlinf_pangu.megatron.config import gpt_model_kwargs, pangu_transformer_config
+    from rlinf_pangu.megatron.spec import get_pangu_spec
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    cfg = hf_config(ckpt)
+    tc = pangu_transformer_config(cfg, tp=tp, pp=pp, dtype=torch.float32, use_cpu_initialization=True)
+    first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+    model = GPTModel(
+        config=tc,
+        transformer_layer_spec=get_pangu_spec("pangu_local", tc, False),
+        pre_process=first,
+        post_process=last,
+        **gpt_model_kwargs(cfg),
+    )
+    dims = PanguDims.from_hf_config(cfg)
+    per = dims.num_hidden_layers // pp
+    stage = ps.get_pipeline_model_parallel_rank()
+    shard = hf_to_megatron_shard(
+        load_hf_state(ckpt), dims, ps.get_tensor_model_parallel_rank(), tp,
+        layers=range(stage * per, (stage + 1) * per), first=first, last=last,
+    )
+    missing, unexpected = model.load_state_dict(shard, strict=False)
+    missing = [k for k in missing if "_extra_state" not in k]
+    assert not missing and not unexpected, (missing, unexpected)
+    return model, tc, cfg
+
+
+def layer_bytes(model) -> int:
+    """Bytes of decoder layer 0 on this rank (what RLinf's bucket capacity counts)."""
+    return sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("decoder.layers.0.") and "_extra_state" not in k)
+
+
+def run_sync(model, tc, rollout_tp: int, capacity: int, convert_fn=None) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
+    """RLinf's own sync on this rank: divide_model_to_bucket, then gather_and_reshard_model per bucket.
+
+    Returns the Megatron names of each bucket and what each bucket produced (HF names unless a
+    ``convert_fn`` replaces the convertor).
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
+    from rlinf.utils.resharding.reshard_config import ReshardConfig
+
+    gloo_reshard_subgroups()
+    kw = {} if convert_fn is None else {"convert_fn": convert_fn}
+    cfg = ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, bucket_capacity=capacity, **kw)
+    reshard = MegatronCoreWeightReshard(cfg)
+    buckets = reshard.divide_model_to_bucket([model])
+    dst_tp_rank = dist.get_rank() % rollout_tp  # as RLinf's MegatronActor computes it
+    outs = [reshard.gather_and_reshard_model(b, dst_tp_rank) for b in buckets]
+    return [list(b) for b in buckets], outs
+
+
+def rollout_rank_of(tp: int, rollout_tp: int) -> int:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_rank() // (tp // rollout_tp)
+
+
+def megatron_logprobs(model, tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities Megatron assigns to ``tokens[1:]`` (TP-gathered logits, fp32)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    ids = torch.tensor([tokens])
+    pos = torch.arange(len(tokens)).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=None)
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+    lp = torch.log_softmax(logits[0].float(), -1)
+    return lp[:-1].gather(1, ids[0, 1:, None])[:, 0]
+
+
+def optimizer_step(model, tokens: list[int], lr: float = 2e-2) -> float:
+    """One Adam step on Megatron's own per-token loss (TP > 1 keeps replicated params in sync:
+    without sequence parallelism their gradients are identical on every TP rank)."""
+    ids = torch.tensor([tokens[:-1]])
+    labels = torch.tensor([tokens[1:]])
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loss = model(input_ids=ids, position_ids=pos, attention_mask=None, labels=labels).float().mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def _bucket_layers(bucket_keys: list[list[str]]) -> list[set[str]]:
+    import re
+
+    return [{m.group(1) for k in keys if (m := re.match(r"decoder\.layers\.(\d+)\.", k))} for keys in bucket_keys]
+
+
+def layer_split_across_buckets(bucket_keys: list[list[str]]) -> bool:
+    """True when some decoder layer's tensors sit in two buckets (a boundary inside a layer)."""
+    layers = _bucket_layers(bucket_keys)
+    return any(a & b for a, b in zip(layers, layers[1:]))
+
+
+def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: str) -> list[dict]:
+    """Run each phase on this rank; check every sync output bit for bit against the reference.
+
+    A phase is ``{"tp", "pp", "rollout_tps", "save"?, "step_tokens"?, "seq"?}``: build the
+    Megatron stage from the checkpoint, sync it through RLinf to each rollout TP, compare with
+    :func:`rollout_reference`. ``save`` writes this rank's rollout-TP-2 output to ``out_dir``.
+    With ``step_tokens`` the phase then takes one optimizer step, records Megatron's
+    logprobs of ``seq`` and syncs again to rollout TP 1: rank 0 saves the per-bucket HF output
+    (and the Megatron-named layer tensors, for the negative controls) to ``out_dir``.
+    """
+    import rlinf_pangu
+    from megatron.core import parallel_state as ps
+
+    rlinf_pangu.register()
+    hf = load_hf_state(ckpt)
+    results = []
+    for phase in phases:
+        tp, pp = phase["tp"], phase["pp"]
+        model, tc, cfg = build_megatron(ckpt, tp, pp)
+        capacity = int(layer_bytes(model) * BUCKET_LAYERS)
+        for rtp in phase["rollout_tps"]:
+            keys, outs = run_sync(model, tc, rtp, capacity)
+            got: dict[str, torch.Tensor] = {}
+            for o in outs:
+                got.update(o)
+            rr = rollout_rank_of(tp, rtp)
+            want = rollout_reference(hf, cfg, rtp, rr)
+            results.append({
+                "tp": tp, "pp": pp, "rollout_tp": rtp, "rank": rank, "rollout_rank": rr,
+                "mismatches": compare_exact(got, want), "n_tensors": len(got),
+                "n_buckets": len(keys), "split_layer": layer_split_across_buckets(keys),
+            })
+            if rtp == 2 and phase.get("save"):
+                torch.save(got, Path(out_dir) / f"rollout_tp2_rank{rr}.pt")
+        if phase.get("step_tokens"):
+            results.append(_step_and_sync(model, tc, phase, capacity, out_dir, rank))
+        del model
+        ps.destroy_model_parallel()
+    return results
+
+
+def _step_and_sync(model, tc, phase: dict, capacity: int, out_dir: str, rank: int) -> dict:
+    loss = optimizer_step(model, phase["step_tokens"])
+    lp = megatron_logprobs(model, phase["seq"])
+    _, outs = run_sync(model, tc, 1, capacity)
+    _, megatron_named = run_sync(model, tc, 1, capacity, convert_fn=lambda sd: sd)
+    if rank == 0:
+        layers = {k: v for o in megatron_named for k, v in o.items() if k.startswith("decoder.layers.")}
+        torch.save({"buckets": outs, "megatron_layers": layers, "logprobs": lp, "loss": loss},
+                   Path(out_dir) / "after_step.pt")
+    return {"step": True, "rank": rank, "loss": loss}
+
+
+# --------------------------------------------------------------------------------------
+# The shared 2-rank Megatron run (pytest process)
+# --------------------------------------------------------------------------------------
+
+_RUNS: dict[str, dict] = {}
+
+
+def _tokens(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 150000, (n,), generator=g).tolist()
+
+
+def two_rank_megatron_run(ckpt, tmp_path_factory) -> dict:
+    """Megatron at TP2 (sync to rollout TP1 and TP2, one optimizer step, sync again) and at PP2
+    (sync to PP1), on 2 gloo ranks; run once per pytest session and shared by the sync and
+    SGLang tests. Returns the per-rank check results and what the SGLang tests load."""
+    from harness import run_ranks
+
+    key = str(ckpt)
+    if key in _RUNS:
+        return _RUNS[key]
+    out = tmp_path_factory.mktemp("sync_run")
+    seq = _tokens(24, 11)
+    phases = [
+        {"tp": 2, "pp": 1, "rollout_tps": [1, 2], "save": True, "step_tokens": _tokens(33, 12), "seq": seq},
+        {"tp": 1, "pp": 2, "rollout_tps": [1]},
+    ]
+    per_rank = run_ranks(sync_ranks, 2, str(ckpt), phases, str(out), timeout=600, grace=20)
+    step = torch.load(out / "after_step.pt", weights_only=False)
+    step["seq"] = seq
+    step["buckets_without_layers"] = [
+        {k: v for k, v in b.items() if not k.startswith("model.layers.")} for b in step["buckets"]
+    ]
+    _RUNS[key] = {
+        "results": [r for rank in per_rank for r in rank],
+        "after_step": step,
+        "rollout_tp2": [out / f"rollout_tp2_rank{r}.pt" for r in range(2)],
+    }
+    return _RUNS[key]
+
+
+def reshard_config_rollout_tp1(ckpt, actor_tp: int = 2):
+    """RLinf's ReshardConfig for an actor at ``actor_tp`` syncing to rollout TP1 (its convertor
+    reads both TP sizes)."""
+    import rlinf_pangu
+    from rlinf.utils.resharding.reshard_config import ReshardConfig
+
+    from rlinf_pangu.megatron.config import pangu_transformer_config
+
+    rlinf_pangu.register()
+    tc = pangu_transformer_config(hf_config(ckpt), tp=actor_tp, dtype=torch.float32, use_cpu_initialization=True)
+    return ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=1)

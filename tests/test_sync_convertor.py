@@ -1,0 +1,106 @@
+"""The Pangu Megatron->HF sync convertor: generated from the layout, registered with RLinf, exact.
+
+In-process (no ranks): a TP-merged Megatron state built from HF tensors with the layout's own
+HF->Megatron direction goes through RLinf's ReshardConfig.convert_fn (our rules on RLinf's
+BaseConvertor/TransformFunc) and must give the HF tensors back bit for bit, for the local and
+the Transformer Engine norm names, untied and tied.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sync_testlib as L
+
+
+@pytest.fixture(scope="module")
+def registered():
+    import rlinf_pangu
+
+    rlinf_pangu.register()
+
+
+def _reshard_config(ckpt, actor_tp=1):
+    return L.reshard_config_rollout_tp1(ckpt, actor_tp=actor_tp)
+
+
+def _megatron_state(hf, cfg, tp: int) -> dict[str, torch.Tensor]:
+    """TP shards from the layout, concatenated in rank order the way RLinf's TP gather does."""
+    from rlinf_pangu.layout import PanguDims, hf_to_megatron_shard, mapping_for_megatron_name
+
+    dims = PanguDims.from_hf_config(cfg)
+    shards = [hf_to_megatron_shard(hf, dims, r, tp) for r in range(tp)]
+    out = {}
+    for name in shards[0]:
+        m, _ = mapping_for_megatron_name(name)
+        out[name] = shards[0][name] if m.tp_dim is None else torch.cat([s[name] for s in shards], m.tp_dim)
+    return out
+
+
+def _te_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    import re
+
+    from rlinf_pangu.layout import NORM_ALIASES
+
+    out = {}
+    for name, t in state.items():
+        for local, te in NORM_ALIASES.items():
+            pat = re.escape(local).replace(re.escape("{i}"), r"(\d+)")
+            mt = re.fullmatch(pat, name)
+            if mt:
+                name = te.format(i=mt.group(1))
+        out[name] = t
+    return out
+
+
+def test_rules_are_generated_from_the_layout(registered):
+    from rlinf.utils.convertor.utils import TransformType
+
+    from resharding.convertor import build_rules
+    from rlinf_pangu.layout import LAYOUT, NORM_ALIASES
+
+    rules = build_rules()
+    assert len(rules) == len(LAYOUT) + len(NORM_ALIASES)
+    kinds = {r.targets[0]: r.transform for r in rules}
+    assert kinds["model.layers.{i}.self_attn.q_proj.weight"] is TransformType.SPLIT_QKV
+    assert kinds["model.layers.{i}.mlp.gate_proj.weight"] is TransformType.SPLIT_FC1
+    assert kinds["model.layers.{i}.self_attn.o_proj.bias"] is TransformType.SPLIT_NONE
+
+
+def test_registered_in_rlinf_for_model_type_pangu(registered, tiny_fp32):
+    from rlinf.utils.convertor.utils import get_mg2hf_convertor
+
+    from resharding.convertor import PanguConvertor
+
+    cfg = _reshard_config(tiny_fp32)
+    assert isinstance(get_mg2hf_convertor("pangu", cfg), PanguConvertor)
+    assert isinstance(cfg._convertor, PanguConvertor)  # what RLinf's sync will call
+
+
+@pytest.mark.parametrize("names", ["local", "te"])
+@pytest.mark.parametrize("actor_tp", [1, 2])
+def test_convert_gives_hf_tensors_bit_for_bit(registered, tiny_fp32, names, actor_tp):
+    hf = L.load_hf_state(tiny_fp32)
+    cfg = L.hf_config(tiny_fp32)
+    state = _megatron_state(hf, cfg, actor_tp)
+    if names == "te":
+        state = _te_names(state)
+        assert any("layer_norm_weight" in k for k in state)
+    out = _reshard_config(tiny_fp32, actor_tp).convert_fn(state)
+    assert L.compare_exact(out, hf) == []
+
+
+def test_tied_model_converts_without_lm_head(registered, tiny_tied_fp32):
+    hf = L.load_hf_state(tiny_tied_fp32)
+    cfg = L.hf_config(tiny_tied_fp32)
+    assert "lm_head.weight" not in hf
+    out = _reshard_config(tiny_tied_fp32).convert_fn(_megatron_state(hf, cfg, 1))
+    assert L.compare_exact(out, hf) == []
+
+
+def test_unknown_tensor_is_an_error_naming_it(registered, tiny_fp32):
+    from resharding.convertor import convert_mega_pangu_to_hf
+
+    with pytest.raises(KeyError, match="decoder.layers.0.mlp.linear_fc1.bias"):
+        convert_mega_pangu_to_hf({"decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(4)}, _reshard_config(tiny_fp32))
