@@ -216,7 +216,8 @@ def layer_split_across_buckets(bucket_keys: list[list[str]]) -> bool:
 def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: str) -> list[dict]:
     """Run each phase on this rank; check every sync output bit for bit against the reference.
 
-    A phase is ``{"tp", "pp", "rollout_tps", "save"?, "step_tokens"?, "seq"?}``: build the
+    A phase is ``{"tp", "pp", "rollout_tps", "save"?, "step_tokens"?, "seq"?}`` or
+    ``{"sglang_tp2": True}`` (:func:`sglang_presharded_rank` on the saved rollout-TP-2 output): build the
     Megatron stage from the checkpoint, sync it through RLinf to each rollout TP, compare with
     :func:`rollout_reference`. ``save`` writes this rank's rollout-TP-2 output to ``out_dir``.
     With ``step_tokens`` the phase then takes one optimizer step, records Megatron's
@@ -230,6 +231,9 @@ def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: st
     hf = load_hf_state(ckpt)
     results = []
     for phase in phases:
+        if phase.get("sglang_tp2"):  # after the Megatron phases, in the same processes
+            results.append(sglang_presharded_rank(rank, world, ckpt, [str(Path(out_dir) / f"rollout_tp2_rank{r}.pt") for r in range(world)]))
+            continue
         tp, pp = phase["tp"], phase["pp"]
         model, tc, cfg = build_megatron(ckpt, tp, pp)
         capacity = int(layer_bytes(model) * BUCKET_LAYERS)
@@ -292,6 +296,7 @@ def two_rank_megatron_run(ckpt, tmp_path_factory) -> dict:
     phases = [
         {"tp": 2, "pp": 1, "rollout_tps": [1, 2], "save": True, "step_tokens": _tokens(33, 12), "seq": seq},
         {"tp": 1, "pp": 2, "rollout_tps": [1]},
+        {"sglang_tp2": True},
     ]
     per_rank = run_ranks(sync_ranks, 2, str(ckpt), phases, str(out), timeout=600, grace=20)
     step = torch.load(out / "after_step.pt", weights_only=False)
@@ -318,3 +323,90 @@ def reshard_config_rollout_tp1(ckpt, actor_tp: int = 2):
     rlinf_pangu.register()
     tc = pangu_transformer_config(hf_config(ckpt), tp=actor_tp, dtype=torch.float32, use_cpu_initialization=True)
     return ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=1)
+
+
+# --------------------------------------------------------------------------------------
+# SGLang side (inside gloo ranks): SGLang's own model class and parallel state, no engine
+# --------------------------------------------------------------------------------------
+
+
+def sglang_model(ckpt: str, tp: int, rank: int):
+    """SGLang's Pangu class at TP ``tp`` on the CPU, in a rank whose default group exists."""
+    import rlinf_pangu
+
+    rlinf_pangu.register(rlinf=False)
+    from sglang.srt.distributed import init_distributed_environment, initialize_model_parallel
+    from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
+
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.layers.dp_attention import initialize_dp_attention
+
+    args = ServerArgs(
+        model_path=ckpt, device="cpu", dtype="float32", attention_backend="torch_native",
+        sampling_backend="pytorch", tp_size=tp, skip_tokenizer_init=True,
+    )
+    set_global_server_args_for_scheduler(args)
+    import sglang.srt.distributed.parallel_state as sps
+
+    original = sps.init_model_parallel_group
+
+    def cpu_group(*args, **kwargs):  # test redirect: no NCCL/custom all-reduce on CPU ranks
+        kwargs.update(use_pynccl=False, use_custom_allreduce=False, use_mscclpp_allreduce=False,
+                      use_torch_symm_mem_allreduce=False)
+        return original(*args, **kwargs)
+
+    sps.init_model_parallel_group = cpu_group
+    init_distributed_environment(world_size=tp, rank=rank, local_rank=rank, backend="gloo")
+    initialize_model_parallel(tensor_model_parallel_size=tp, backend="gloo")
+    model_config = ModelConfig.from_server_args(args)
+    initialize_dp_attention(args, model_config)
+    from rlinf_pangu.sglang_ext.pangu_embedded import PanguEmbeddedForCausalLM
+
+    with torch.device("cpu"):
+        return PanguEmbeddedForCausalLM(model_config.hf_config)
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def sglang_presharded_rank(rank: int, world: int, ckpt: str, presharded_files: list[str]) -> dict:
+    """Load the full HF checkpoint with SGLang's own (non-presharded) splitting, then this rank's
+    synced presharded bucket the way RLinf's rollout does: every parameter must come out the same.
+    Also reports what Megatron's even vocab split does in SGLang's stock loader and in ours."""
+    from rlinf_pangu import patches
+    from rlinf_pangu.layout import LayoutError
+    from rlinf_pangu.sglang_ext.weight_sync import load_presharded_weights
+
+    model = sglang_model(ckpt, world, rank)
+    hf = load_hf_state(ckpt)
+    model.load_weights(list(hf.items()))
+    reference = params_of(model)
+    for p in model.parameters():  # make a partial load visible
+        p.data.fill_(float("nan"))
+    load_presharded_weights(model, list(torch.load(presharded_files[rank], weights_only=False).items()))
+    mismatches = compare_exact(params_of(model), reference)
+
+    # Megatron's even split of the embedding (what an unpatched sync would send):
+    per = hf["model.embed_tokens.weight"].shape[0] // world
+    even = hf["model.embed_tokens.weight"][rank * per : (rank + 1) * per]
+    try:
+        load_presharded_weights(model, [("model.embed_tokens.weight", even)])
+        ours = "accepted"
+    except LayoutError as e:
+        ours = str(e)
+    stock = _stock_presharded_embedding(model, even)
+    return {
+        "sglang_tp2": True, "rank": rank, "mismatches": mismatches, "n_params": len(reference),
+        "even_split_ours": ours,
+        "even_split_stock_equal": torch.equal(stock, reference["model.embed_tokens.weight"]),
+        "cpu_patches": [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done],
+    }
+
+
+def _stock_presharded_embedding(model, even: torch.Tensor) -> torch.Tensor:
+    """SGLang's own VocabParallelEmbedding.weight_loader, presharded, fed Megatron's even split."""
+    emb = model.model.embed_tokens
+    emb.use_presharded_weights = True
+    emb.weight_loader(emb.weight, even)
+    return emb.weight.detach().clone()

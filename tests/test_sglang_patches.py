@@ -1,0 +1,110 @@
+"""The SGLang/RLinf patches of the sync helper (rlinf_pangu.patches) and the start-up hook that
+carries Pangu's registration into SGLang's child interpreters (rlinf_pangu.boot).
+
+Each patch test asserts that upstream still has the problem (the ``applies`` probe is True on a
+fresh interpreter), so an upstream fix under a patch fails here instead of silently
+double-patching, and that the patched behaviour works.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r.stdout.split("\n")
+
+
+def _clean_env() -> dict[str, str]:
+    drop = ("SGLANG_EXTERNAL_MODEL_PACKAGE", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def test_exist_ok_patch_is_needed_and_lets_sglang_import():
+    out = _python(
+        "from rlinf_pangu import patches\n"
+        "print('applies', patches.PATCHES[patches.SGLANG_EXIST_OK].applies())\n"
+        "try:\n"
+        "    import sglang.srt.configs\n"
+        "    print('unpatched import ok')\n"
+        "except ValueError as e:\n"
+        "    print('unpatched import failed:', e)\n"
+        "patches.apply_patch(patches.SGLANG_EXIST_OK)\n"
+        "import sglang.srt.configs\n"
+        "print('patched import ok')\n",
+        env=_clean_env(),
+    )
+    assert "applies True" in out
+    assert any(line.startswith("unpatched import failed:") and "already used" in line for line in out)
+    assert "patched import ok" in out
+
+
+@pytest.fixture(scope="module")
+def child_with_boot_env(tiny_fp32):
+    """A fresh interpreter with only the environment ``sglang_env()`` gives: no rlinf_pangu code
+    of its own, as SGLang's scheduler/detokenizer processes and ``python -m sglang.launch_server``."""
+    from rlinf_pangu.integration import sglang_env
+
+    code = (
+        "import sys\n"
+        "import sglang.srt.utils.hf_transformers\n"  # SGLang's config/tokenizer loading
+        "from transformers import AutoConfig, AutoTokenizer\n"
+        f"print('config', type(AutoConfig.from_pretrained({str(tiny_fp32)!r})).__name__)\n"
+        f"print('tokenizer', type(AutoTokenizer.from_pretrained({str(tiny_fp32)!r})).__name__)\n"
+        "from sglang.srt.models.registry import ModelRegistry, import_model_classes\n"
+        "print('registry', ModelRegistry.models['PanguEmbeddedForCausalLM'].__module__)\n"
+        "print('package', sorted((k, v.__module__) for k, v in import_model_classes('rlinf_pangu.sglang_ext', strict=True).items()))\n"
+        "from rlinf_pangu import patches\n"
+        "print('cpu patches applied', [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done])\n"
+    )
+    return _python(code, env=sglang_env(_clean_env()))
+
+
+def test_boot_hook_lets_child_interpreters_import_sglang_and_load_pangu_config_and_tokenizer(child_with_boot_env):
+    assert "config PanguEmbeddedConfig" in child_with_boot_env
+    assert "tokenizer PanguTokenizer" in child_with_boot_env
+
+
+def test_sglang_registers_the_package_entry_class_under_its_class_name(child_with_boot_env):
+    assert "registry rlinf_pangu.sglang_ext.pangu_embedded" in child_with_boot_env
+    assert "package [('PanguEmbeddedForCausalLM', 'rlinf_pangu.sglang_ext.pangu_embedded')]" in child_with_boot_env
+
+
+def test_cpu_only_sglang_patch_stays_off_outside_an_sglang_cpu_process(child_with_boot_env):
+    from rlinf_pangu import patches
+
+    assert set(patches.SGLANG_CPU_PATCHES) <= patches.ON_DEMAND  # never applied by apply_all()
+    assert "cpu patches applied []" in child_with_boot_env
+
+
+def test_reshard_dispatch_patch_is_needed_and_routes_pangu_to_its_fns(tiny_fp32):
+    import rlinf_pangu
+    from rlinf_pangu import patches
+
+    assert patches.PATCHES[patches.RESHARD_DISPATCH].applies()  # RLinf's if/else knows no pangu
+    rlinf_pangu.register()
+    import rlinf.utils.resharding.reshard_config as rc
+    import rlinf.utils.resharding.utils as ru
+
+    from resharding.reshard import pp_reshard_fn_pangu, tp_reshard_fn_pangu
+
+    with pytest.raises(NotImplementedError):
+        ru.get_tp_reshard_fn.__rlinf_pangu_original__("pangu")
+    assert rc.get_tp_reshard_fn("qwen2.5") is ru.tp_reshard_fn_qwen2_5  # others still RLinf's own
+    cfg = __import__("sync_testlib").reshard_config_rollout_tp1(tiny_fp32)
+    assert cfg.tp_reshard_fn is tp_reshard_fn_pangu and cfg.pp_reshard_fn is pp_reshard_fn_pangu
+
+
+def test_rlinf_qwen_tp_reshard_cannot_take_the_o_proj_bias():
+    """Why Pangu needs its own TP reshard: RLinf's asserts on the (replicated) linear_proj.bias."""
+    from rlinf.utils.resharding.utils import tp_reshard_fn_qwen2_5
+
+    with pytest.raises(AssertionError, match="linear_proj.bias"):
+        tp_reshard_fn_qwen2_5({"decoder.layers.0.self_attention.linear_proj.bias": torch.zeros(4)}, 1, None)
