@@ -17,6 +17,9 @@ def register_rlinf() -> bool:
     """Register the ``pangu`` model type and every RLinf hook; False when RLinf is not installed."""
     if importlib.util.find_spec("rlinf") is None:
         return False
+    from . import patches
+
+    patches.apply_all()  # first: the megatron.legacy shim must precede any RLinf Megatron import
     from rlinf.config import SupportedModel
 
     from . import MODEL_TYPE

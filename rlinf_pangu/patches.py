@@ -13,10 +13,14 @@ Additive registrations (a new model type, convertor, spec) are not patches; they
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.abc
 import importlib.util
 import logging
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -80,23 +84,158 @@ def _mod(name: str):
 
 
 # ======================================================================================
-# Megatron-core
+# Megatron-core and RLinf's Megatron model building (owner: the Megatron helper)
 # ======================================================================================
 
 
-def _fused_kernels_missing() -> bool:
-    return importlib.util.find_spec("megatron.legacy") is None or importlib.util.find_spec(
-        "megatron.legacy.fused_kernels"
-    ) is None
+class _PostImportHooks(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after a module executes, for patches on modules too heavy to import
+    at ``register()`` time (RLinf's Megatron model manager pulls in megatron.training; SGLang
+    scheduler processes call ``register()`` too and never need it)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Callable]] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        hooks = self.pending.get(fullname)
+        if not hooks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
+            return spec
+        # find_spec alone (importlib.util.find_spec) must not use the hooks up: they are taken
+        # when the module actually executes.
+        spec.loader = _HookedLoader(spec.loader, self.pending, fullname)
+        return spec
+
+
+class _HookedLoader(importlib.abc.Loader):
+    def __init__(self, inner, pending: dict[str, list[Callable]], name: str) -> None:
+        self._inner, self._pending, self._name = inner, pending, name
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._inner.exec_module(module)
+        for fn in self._pending.pop(self._name, []):
+            fn(module)
+
+    def __getattr__(self, name):  # get_source, get_filename, ... for inspect and tracebacks
+        return getattr(self._inner, name)
+
+
+_POST_IMPORT = _PostImportHooks()
+
+
+def after_import(module: str, fn: Callable) -> None:
+    """Call ``fn(module_object)`` now if ``module`` is imported, else right after its import."""
+    mod = sys.modules.get(module)
+    if mod is not None:
+        fn(mod)
+        return
+    _POST_IMPORT.pending.setdefault(module, []).append(fn)
+    if _POST_IMPORT not in sys.meta_path:
+        sys.meta_path.insert(0, _POST_IMPORT)
+
+
+def _source_of(module: str, qualname: str) -> str:
+    """Source text of a function/method in ``module`` without importing it ('' if not found)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        return ""
+    tree = ast.parse(Path(spec.origin).read_text())
+    scopes: list[ast.AST] = [tree]
+    for part in qualname.split("."):
+        found = None
+        for scope in scopes:
+            for node in getattr(scope, "body", []):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == part:
+                    found = node
+        if found is None:
+            return ""
+        scopes = [found]
+    return ast.unparse(scopes[0])
+
+
+_MM = "rlinf.hybrid_engines.megatron.megatron_model_manager"
 
 
 @patch(
     "megatron.legacy.fused_kernels",
     why="RLinf's initialize imports megatron.legacy.fused_kernels, which no megatron-core wheel ships",
     module="megatron.core",
-    applies=_fused_kernels_missing,
+    applies=lambda: _mod("rlinf_pangu.megatron_legacy_shim").upstream_missing(),
 )
 def _provide_fused_kernels() -> None:
-    from . import megatron_legacy_shim
+    # Ray workers import RLinf before register() runs: they get the same finder from the
+    # start-up .pth that scripts/setup.sh installs (see megatron_legacy_shim).
+    _mod("rlinf_pangu.megatron_legacy_shim").install()
 
-    megatron_legacy_shim.install()
+
+@patch(
+    "rlinf.get_specs",
+    why="RLinf's get_specs builds every spec eagerly (the TE one fails without TE) and cannot learn Pangu's spec",
+    module=_MM,
+    applies=lambda: "pangu" not in _source_of(_MM, "get_specs").lower(),
+)
+def _lazy_get_specs() -> None:
+    def install(mm) -> None:
+        from .megatron.provider import make_get_specs
+
+        if not hasattr(mm.get_specs, "__rlinf_pangu_original__"):
+            mm.get_specs = make_get_specs(mm.get_specs)
+
+    after_import(_MM, install)
+
+
+@patch(
+    "rlinf.model_provider_func",
+    why="RLinf 0.3.0's provider takes (pre_process, post_process) only (megatron-core>=0.17 passes config/pg_collection/vp_stage) and cannot build Pangu",
+    module=_MM,
+    applies=lambda: "pangu" not in _source_of(_MM, "MegatronModelManager.model_provider_func").lower(),
+)
+def _pangu_model_provider() -> None:
+    def install(mm) -> None:
+        from .megatron.provider import make_model_provider_func
+
+        cls = mm.MegatronModelManager
+        if not hasattr(cls.model_provider_func, "__rlinf_pangu_original__"):
+            cls.model_provider_func = make_model_provider_func(cls.model_provider_func)
+
+    after_import(_MM, install)
+
+
+@patch(
+    "rlinf.validate_model_cfg_by_hf_config",
+    why="RLinf's HF-config validation does not check Pangu's architecture keys or its TP/PP divisibility (errors would surface inside Megatron workers)",
+    module="rlinf.config",
+    applies=lambda: "pangu" not in _source_of("rlinf.config", "validate_model_cfg_by_hf_config").lower(),
+)
+def _validate_pangu_cfg() -> None:
+    rc = _mod("rlinf.config")
+    original = rc.validate_model_cfg_by_hf_config
+    if hasattr(original, "__rlinf_pangu_original__"):
+        return
+
+    def validate_model_cfg_by_hf_config(cfg, hf_model_path):
+        cfg = original(cfg, hf_model_path)
+        from transformers import AutoConfig
+
+        from .megatron.config import check_rlinf_model_cfg, is_pangu_hf_config
+
+        hf_config = AutoConfig.from_pretrained(hf_model_path, trust_remote_code=True)
+        if is_pangu_hf_config(hf_config):
+            check_rlinf_model_cfg(cfg, hf_config)
+        return cfg
+
+    validate_model_cfg_by_hf_config.__doc__ = original.__doc__
+    validate_model_cfg_by_hf_config.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    rc.validate_model_cfg_by_hf_config = validate_model_cfg_by_hf_config

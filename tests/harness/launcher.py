@@ -26,16 +26,18 @@ When any rank raises, the others are given ``grace`` seconds (they are usually b
 collective) and then killed; :class:`RankError` names every failed rank with its traceback, and
 is an ``AssertionError`` when all failures were assertions, so pytest reports a failure rather
 than an error. A run that exceeds ``timeout`` is killed and raises :class:`RankTimeout` naming
-the ranks that had not finished.
+the ranks that had not finished, with each one's Python stack at that moment (faulthandler).
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import socket
 import tempfile
 import time
@@ -74,6 +76,9 @@ def free_port() -> int:
 def _rank_main(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects):
     """Entry point of one spawned rank: set up, run ``fn``, write the outcome to ``out_dir``."""
     out = Path(out_dir)
+    # On a timeout the parent sends SIGUSR1: every thread's stack goes to <rank>.stack
+    stack_file = open(out / f"{rank}.stack", "w")  # noqa: SIM115 - lives as long as the rank
+    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     try:
         import torch
         import torch.distributed as dist
@@ -190,7 +195,12 @@ def _collect(procs, out: Path, timeout: float, grace: float) -> list[Any]:
             failures = _failures(out)
             missing = [r for r in range(len(procs)) if r not in done]
             for r in missing:
-                failures[r] = ("timeout", f"no result after {timeout:.0f} s")
+                if procs[r].is_alive():
+                    os.kill(procs[r].pid, signal.SIGUSR1)
+            time.sleep(2)
+            for r in missing:
+                stack = (out / f"{r}.stack").read_text() if (out / f"{r}.stack").exists() else ""
+                failures[r] = ("timeout", f"no result after {timeout:.0f} s; where it was:\n{stack}")
             raise RankTimeout(failures)
         time.sleep(0.1)
     failures = _failures(out)
