@@ -258,6 +258,12 @@ def _set_megatron_args(cfg) -> None:
     _set_timers(args)
 
 
+def build_rlinf_tc(cfg):
+    from rlinf.config import build_transformer_config
+
+    return build_transformer_config(cfg.model)
+
+
 def build_rlinf_model(cfg) -> list[torch.nn.Module]:
     """Megatron model chunks for this rank, built through RLinf's provider (see module doc)."""
     from megatron.training.training import get_model
@@ -456,6 +462,15 @@ def check_layout(ckpt_dir: str, name: str, batch) -> dict[str, Any]:
     if _is_last_stage():
         res["loss_diff"] = abs(sum(l["loss"].item() for l in losses) / len(losses) - ref["loss"])
     res["grad_diff"] = _grad_diffs(chunks, ref["grads"], ckpt_dir)
+
+    if name == "tp1":  # why get_specs is patched: upstream's, with process groups up, and no TE
+        from rlinf.hybrid_engines.megatron import megatron_model_manager as mm
+
+        try:
+            mm.get_specs.__rlinf_pangu_original__("local_gpt", build_rlinf_tc(cfg), False)
+            res["upstream_get_specs"] = "ok"
+        except Exception as e:  # noqa: BLE001 - the type and message are the result
+            res["upstream_get_specs"] = f"{type(e).__name__}: {e}"
 
     if name == "tp2":  # negative control: the same check with the un-grouped QKV layout
         load_hf_weights(chunks, ckpt_dir, qkv_layout="ungrouped")

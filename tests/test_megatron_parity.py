@@ -89,6 +89,14 @@ def test_gradients_match_hf(ranks, layout, group):
     assert _worst_grad(ranks, layout, group) <= TOL
 
 
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("transformer_engine") is not None, reason="Transformer Engine installed"
+)
+def test_upstream_get_specs_fails_without_transformer_engine(ranks):
+    """Why RLinf's get_specs is replaced: even for 'local_gpt' it builds the TE spec too."""
+    assert {r["tp1"]["upstream_get_specs"] for r in ranks} == {"TypeError: 'NoneType' object is not callable"}
+
+
 def test_ungrouped_qkv_layout_fails_the_parity_check(ranks):
     """Negative control: a plain cat([q, k, v]) instead of Pangu's per-group layout is caught."""
     diff = _worst(ranks, "tp2", "ungrouped_logits_diff")
