@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ EXTRA_TENSORS = "extra_tensors.safetensors"  # in hf_meta/: tensors kept verbati
 _NOT_METADATA = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 _IN_FLIGHT_BYTES = 512 * 1024**2
+_IO_THREADS = 4
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
@@ -78,24 +80,42 @@ def _dtype_name(d: torch.dtype) -> str:
 
 
 class _WritePipeline:
-    """Overlap producing tensors (caller's thread) with writing them (one I/O thread).
+    """Overlap producing tensors (caller's thread) with writing them (``threads`` I/O threads).
 
-    At most ``max_bytes`` of produced tensors wait for the disk, which bounds memory; ``pwrite``
-    releases the GIL, so on a 2-core host reading/sharding and writing proceed together.
+    At most ``max_bytes`` of produced pieces wait for the disk, which bounds memory. The writes
+    (``copy_file_range``/``pwrite``) release the GIL and target disjoint file ranges, so several
+    run at once; :meth:`after` runs a clean-up once given writes are done.
     """
 
-    def __init__(self, bar: tqdm, max_bytes: int = _IN_FLIGHT_BYTES):
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ckpt-write")
+    def __init__(self, bar: tqdm, max_bytes: int = _IN_FLIGHT_BYTES, threads: int = _IO_THREADS):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ckpt-write")
         self._queue: collections.deque[tuple[Future, int]] = collections.deque()
         self._bytes = 0
         self._max = max_bytes
         self._bar = bar
 
-    def submit(self, fn: Callable[..., int], *args: Any, nbytes: int) -> None:
+    def submit(self, fn: Callable[..., int], *args: Any, nbytes: int) -> Future:
         while self._queue and self._bytes + nbytes > self._max:
             self._wait_one()
-        self._queue.append((self._pool.submit(fn, *args), nbytes))
+        fut = self._pool.submit(fn, *args)
+        self._queue.append((fut, nbytes))
         self._bytes += nbytes
+        return fut
+
+    def after(self, futures: list[Future], fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` (in an I/O thread) once all ``futures`` are done."""
+        left = [len(futures)]
+        lock = threading.Lock()
+
+        def done(_f: Future) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                fn(*args)
+
+        for f in futures:
+            f.add_done_callback(done)
 
     def _wait_one(self) -> None:
         fut, n = self._queue.popleft()
@@ -112,6 +132,44 @@ class _WritePipeline:
             self.drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BufferPool:
+    """Reusable byte buffers for tensors read from disk and for contiguous copies.
+
+    Why: a fresh multi-MB allocation is paid in first-touch page faults (the kernel zeroes every
+    page), which cost 5x more than reading the same bytes from the page cache. Buffers return
+    here once the I/O thread has written what they held; at most ``keep_bytes`` stay idle.
+    """
+
+    GRAIN = 16 * 1024**2
+
+    def __init__(self, keep_bytes: int = 1024**3):
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        self._keep = keep_bytes
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
+            if fits:
+                best = min(fits, key=lambda i: self._free[i].numel())
+                return self._free.pop(best)
+        size = max(nbytes, 1)
+        if size > 1024**2:
+            size = -(-size // self.GRAIN) * self.GRAIN
+        return torch.empty(size, dtype=torch.uint8)
+
+    def give(self, *bufs: torch.Tensor) -> None:
+        with self._lock:
+            self._free.extend(bufs)
+            self._free.sort(key=lambda b: b.numel())
+            total = 0
+            for i, b in enumerate(self._free):  # keep the small ones, drop the largest beyond the cap
+                total += b.numel()
+                if total > self._keep:
+                    del self._free[i:]
+                    break
 
 
 def _bar(total: int, desc: str, progress: bool | None) -> tqdm:
@@ -190,6 +248,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
             files: dict[str, int] = {}
             with _bar(total, "hf->megatron", progress) as bar:
                 pipe = _WritePipeline(bar)
+                pool = _BufferPool()
                 writers: list[RankFileWriter] = []
                 try:
                     for p, chunks in enumerate(plans):
@@ -199,10 +258,16 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
                             writers.append(RankFileWriter(tmp / RELEASE / rank_dir_name(r, p, pp) / RANK_FILE, plan))
                         for items in chunks:
                             for it in items:
-                                srcs = [_as(ckpt[n], target) for n in it.mapping.hf_names(it.layer)]
-                                for r in range(tp):
-                                    shard = it.mapping.shard(srcs, dims, r, tp)
-                                    pipe.submit(writers[r].write, it.key, it.name, shard, nbytes=shard.numel() * itemsize)
+                                names = it.mapping.hf_names(it.layer)
+                                # views of the files' maps: contiguous pieces go file to file
+                                srcs = [_as(ckpt.mapped(n), target) for n in names]
+                                futs = []
+                                for r in range(tp):  # pieces of srcs, written back to back
+                                    parts = it.mapping.shard_parts(srcs, dims, r, tp)
+                                    nbytes = sum(x.numel() for x in parts) * itemsize
+                                    futs.append(pipe.submit(writers[r].write, it.key, it.name, parts, ckpt.locate, pool,
+                                                            nbytes=nbytes))
+                                pipe.after(futs, ckpt.release, names)  # drop touched mapped pages
                                 del srcs
                         pipe.drain()
                         for w in writers:

@@ -1,10 +1,11 @@
 """Lazy, validated reading of an official-layout Pangu HF checkpoint directory.
 
 Only JSON (config.json, the index) and safetensors are read: the safetensors headers are parsed
-as JSON by this module, and each tensor is read (``pread`` at the offset its header gives) only
-when the converter asks for it, so memory holds one tensor, not the model. Plain reads rather
-than ``safe_open``'s memory map: pages of a mapped file count in the process's RSS for as long as
-the map lives, which would make a 16 GB checkpoint look like 16 GB of memory. Every check that can fail
+as JSON by this module, and each tensor is read only when the converter asks for it: either
+``pread`` at the offset its header gives, or as a view of the file's memory map whose contiguous
+pieces the writer copies file to file in the kernel (``copy_file_range``, like ``cp``) without
+ever touching them. Mapped pages that are touched are dropped again (``madvise``) once written,
+so memory holds a few tensors, not the model. Every check that can fail
 (missing/unexpected tensors, shapes, dtypes, truncated files, a config that disagrees with the
 weights) runs in :meth:`HFCheckpoint.open`, before any output exists.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -161,6 +163,7 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         self.extras = extras  # tensors kept verbatim but not converted (RoPE inv_freq buffers)
         self.dtype = dtype
         self._handles: dict[str, int] = {}
+        self._maps: dict[str, tuple[mmap.mmap, torch.Tensor]] = {}
 
     # -- validation ----------------------------------------------------------------------
     @classmethod
@@ -258,20 +261,74 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         return fd
 
     def __getitem__(self, name: str) -> torch.Tensor:
+        return self.read_into(name, None)
+
+    def info(self, name: str) -> TensorInfo:
         info = self.tensors.get(name) or self.extras.get(name)
         if info is None:
             raise KeyError(name)
-        t = torch.empty(info.shape, dtype=info.dtype)
+        return info
+
+    def read_into(self, name: str, buf: torch.Tensor | None) -> torch.Tensor:
+        """Read one tensor, into ``buf`` (a 1-D uint8 tensor of at least its size) when given.
+
+        Reusing buffers matters: the first-touch page faults of a fresh allocation cost several
+        times more than reading the bytes from the page cache.
+        """
+        info = self.info(name)
         size = info.nbytes
+        if buf is None:
+            t = torch.empty(info.shape, dtype=info.dtype)
+        else:
+            t = buf[:size].view(info.dtype).view(info.shape)
         if size:
-            buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+            mv = memoryview(t.reshape(-1).view(torch.uint8).numpy())
             fd, done = self._fd(info.file), 0
             while done < size:
-                n = os.preadv(fd, [buf[done:]], info.offset + done)
+                n = os.preadv(fd, [mv[done:]], info.offset + done)
                 if n <= 0:
                     raise ConversionError(f"{self.path / info.file} ended while reading tensor {name!r} (file changed?)")
                 done += n
         return t
+
+    # -- zero-copy access ----------------------------------------------------------------
+    def _map(self, fname: str) -> tuple[mmap.mmap, torch.Tensor]:
+        m = self._maps.get(fname)
+        if m is None:
+            fd = self._fd(fname)
+            size = os.fstat(fd).st_size
+            mm = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)  # private: never written back
+            m = self._maps[fname] = (mm, torch.frombuffer(mm, dtype=torch.uint8))
+        return m
+
+    def mapped(self, name: str) -> torch.Tensor:
+        """The tensor as a view of its file's memory map: no bytes are read until used, and
+        :meth:`locate` can turn (contiguous pieces of) it back into file ranges, so the writer
+        copies them file to file in the kernel (``copy_file_range``) without touching them."""
+        info = self.info(name)
+        _, whole = self._map(info.file)
+        return whole[info.offset : info.offset + info.nbytes].view(info.dtype).view(info.shape)
+
+    def locate(self, t: torch.Tensor) -> tuple[int, int] | None:
+        """(fd, file offset) of a contiguous view made by :meth:`mapped`, else None."""
+        if not t.is_contiguous():
+            return None
+        ptr = t.data_ptr()
+        for fname, (_, whole) in self._maps.items():
+            base = whole.data_ptr()
+            if base <= ptr and ptr + t.numel() * t.element_size() <= base + whole.numel():
+                return self._handles[fname], ptr - base
+        return None
+
+    def release(self, names: Iterable[str]) -> None:
+        """Drop the mapped pages of these tensors from this process (they stay in the page cache)."""
+        for name in names:
+            info = self.info(name)
+            m = self._maps.get(info.file)
+            if m is None or not info.nbytes:
+                continue
+            start = info.offset - info.offset % mmap.PAGESIZE
+            m[0].madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
 
     def meta(self, name: str) -> torch.Tensor:
         """A shape/dtype-only stand-in, for planning the output without reading data."""
@@ -285,6 +342,13 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         return len(self.tensors)
 
     def close(self) -> None:
+        mms = [mm for mm, _ in self._maps.values()]
+        self._maps.clear()  # drops the tensors over the maps, releasing their buffer exports
+        for mm in mms:
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive somewhere; the map goes with it
+                pass
         for fd in self._handles.values():
             os.close(fd)
         self._handles.clear()

@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConversionError
 from .hf_reader import ST_CODES
-from .megatron_io import _bytes_view, _numel
+from .megatron_io import _check_parts, _numel, write_pieces
 
 
 class SafetensorsWriter:
@@ -42,14 +42,12 @@ class SafetensorsWriter:
         os.ftruncate(self._fd, self._base + pos)
         self._done: set[str] = set()
 
-    def write(self, name: str, tensor: torch.Tensor) -> int:
+    def write(self, name: str, parts: torch.Tensor | Sequence[torch.Tensor]) -> int:
+        """Write one planned tensor (or its pieces along dim 0, in order) into its region."""
         off, size, shape, dtype = self._slots[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise ConversionError(f"{self.path}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}")
-        buf = _bytes_view(tensor)
-        written = 0
-        while written < size:
-            written += os.pwrite(self._fd, buf[written:], self._base + off + written)
+        parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
+        _check_parts(self.path, name, parts, shape, dtype)
+        write_pieces(self._fd, self._base + off, parts)
         self._done.add(name)
         return size
 

@@ -29,7 +29,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 
@@ -155,20 +155,21 @@ class RankFileWriter:
         self._done: set[tuple[str, str]] = set()
         self._fd = os.open(path, os.O_RDWR)
 
-    def write(self, key: str, name: str, tensor: torch.Tensor) -> int:
-        """Write one planned tensor's bytes into its region; returns the bytes written."""
+    def write(self, key: str, name: str, parts: torch.Tensor | Sequence[torch.Tensor],
+              locate: Locate | None = None, scratch: Scratch | None = None) -> int:
+        """Write one planned tensor's bytes into its region; returns the bytes written.
+
+        ``parts``: the tensor, or pieces whose concatenation along dim 0 is the tensor (written
+        one after another, so the tensor itself is never materialised). See :func:`write_pieces`
+        for ``locate`` and ``scratch``.
+        """
         try:
             off, size, shape, dtype = self._slots[(key, name)]
         except KeyError:
             raise ConversionError(f"{self.path}: tensor {key}.{name} was not planned") from None
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise ConversionError(
-                f"{self.path}: tensor {name} is {tuple(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}"
-            )
-        buf = _bytes_view(tensor)
-        written = 0
-        while written < size:
-            written += os.pwrite(self._fd, buf[written:], off + written)
+        parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
+        _check_parts(self.path, name, parts, shape, dtype)
+        write_pieces(self._fd, off, parts, locate, scratch)
         self._done.add((key, name))
         return size
 
@@ -187,6 +188,79 @@ class RankFileWriter:
                 os.fsync(self._fd)
         finally:
             self.abort()
+
+
+def _check_parts(path: Path, name: str, parts: Sequence[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    rows = sum(p.shape[0] for p in parts) if shape else None
+    got = (rows, *parts[0].shape[1:]) if shape else tuple(parts[0].shape)
+    if (tuple(got) != tuple(shape) or any(p.dtype != dtype or tuple(p.shape[1:]) != tuple(shape[1:]) for p in parts)
+            or (not shape and len(parts) != 1)):
+        raise ConversionError(f"{path}: tensor {name} is {tuple(got)} {parts[0].dtype}, planned {shape} {dtype}")
+
+
+#: (tensor) -> (fd, offset) of a file holding exactly its bytes, or None.
+Locate = Callable[[torch.Tensor], "tuple[int, int] | None"]
+
+
+class Scratch(Protocol):
+    def take(self, nbytes: int) -> torch.Tensor: ...
+    def give(self, *bufs: torch.Tensor) -> None: ...
+
+
+_COPY_FILE_RANGE = [hasattr(os, "copy_file_range")]  # cleared on the first refusal
+
+
+def write_pieces(fd: int, pos: int, parts: Sequence[torch.Tensor], locate: Locate | None = None,
+                 scratch: Scratch | None = None) -> int:
+    """Write ``parts`` back to back into ``fd`` from ``pos``.
+
+    A contiguous part that ``locate`` finds in a file is copied file to file inside the kernel
+    (``copy_file_range``: the bytes never enter this process, as with ``cp``). Others go through
+    ``pwrite``, non-contiguous ones after a copy into a ``scratch`` buffer.
+    """
+    start = pos
+    for part in parts:
+        n = part.numel() * part.element_size()
+        src = locate(part) if (locate is not None and _COPY_FILE_RANGE[0] and n) else None
+        if src is not None and _copy_range(src[0], fd, n, src[1], pos):
+            pos += n
+            continue
+        buf = None
+        if not part.is_contiguous() and scratch is not None:
+            buf = scratch.take(n)
+            dst = buf[:n].view(part.dtype).view(part.shape)
+            dst.copy_(part)
+            part = dst
+        try:
+            pos += _pwrite_all(fd, _bytes_view(part), pos)
+        finally:
+            if buf is not None:
+                scratch.give(buf)
+    return pos - start
+
+
+def _copy_range(src_fd: int, dst_fd: int, n: int, src_off: int, dst_off: int) -> bool:
+    done = 0
+    try:
+        while done < n:
+            k = os.copy_file_range(src_fd, dst_fd, n - done, src_off + done, dst_off + done)
+            if k <= 0:
+                break
+            done += k
+    except OSError as e:  # EXDEV/EINVAL/ENOSYS/EOPNOTSUPP: this filesystem pair cannot; use pwrite
+        log.debug("copy_file_range unavailable (%s); falling back to pwrite", e)
+        _COPY_FILE_RANGE[0] = False
+        return False
+    if done < n:  # short copy (file changed?): let pwrite redo the whole piece
+        return False
+    return True
+
+
+def _pwrite_all(fd: int, buf: memoryview, pos: int) -> int:
+    done = 0
+    while done < len(buf):
+        done += os.pwrite(fd, buf[done:], pos + done)
+    return done
 
 
 def _numel(shape: Iterable[int]) -> int:

@@ -181,14 +181,28 @@ class ParamMapping:
         raise AssertionError(self.fuse)
 
     def shard(self, tensors: Sequence[torch.Tensor], dims: PanguDims, tp_rank: int, tp: int) -> torch.Tensor:
-        """This TP rank's Megatron tensor from the HF tensors."""
+        """This TP rank's Megatron tensor from the HF tensors (a new tensor, not a view)."""
+        return torch.cat([p.contiguous() for p in self.shard_parts(tensors, dims, tp_rank, tp)], 0)
+
+    def shard_parts(self, tensors: Sequence[torch.Tensor], dims: PanguDims, tp_rank: int, tp: int) -> list[torch.Tensor]:
+        """This TP rank's Megatron tensor as pieces whose concatenation along dim 0 is :meth:`shard`.
+
+        The pieces are views of the HF tensors (no copy), so a writer that streams them one
+        after another never materialises the fused tensor: QKV is its KV groups' q/k/v row
+        blocks in group order, fc1 the rank's gate rows then its up rows.
+        """
         if self.fuse is Fuse.GATE_UP:
-            gate, up = tensors
-            return torch.cat([gate.chunk(tp, 0)[tp_rank], up.chunk(tp, 0)[tp_rank]], 0).contiguous()
-        full = self.fuse_full(tensors, dims)
+            return [t.chunk(tp, 0)[tp_rank] for t in tensors]
+        if self.fuse is Fuse.QKV:
+            assert self.tp_dim == 0, self.megatron
+            ng = dims.num_key_value_heads
+            per = ng // tp  # whole KV groups per rank (check_parallel guarantees it divides)
+            grouped = [t.reshape(ng, -1, *t.shape[1:]) for t in tensors]
+            return [g[i] for i in range(tp_rank * per, (tp_rank + 1) * per) for g in grouped]
+        t = tensors[0]
         if self.tp_dim is None or tp == 1:
-            return full.clone() if full is tensors[0] else full.contiguous()
-        return full.chunk(tp, self.tp_dim)[tp_rank].contiguous()
+            return [t]
+        return [t.chunk(tp, self.tp_dim)[tp_rank]]
 
     # -- Megatron -> HF ---------------------------------------------------------------
     def merge(self, shards: Sequence[torch.Tensor]) -> torch.Tensor:
