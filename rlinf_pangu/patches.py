@@ -239,3 +239,7 @@ def _validate_pangu_cfg() -> None:
     validate_model_cfg_by_hf_config.__doc__ = original.__doc__
     validate_model_cfg_by_hf_config.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
     rc.validate_model_cfg_by_hf_config = validate_model_cfg_by_hf_config
+
+
+# ======================================================================================
+# RLinf's HF -> Megatron start-up conversion (owner: the ckpt_convertor helper)
