@@ -243,3 +243,32 @@ def _validate_pangu_cfg() -> None:
 
 # ======================================================================================
 # RLinf's HF -> Megatron start-up conversion (owner: the ckpt_convertor helper)
+# ======================================================================================
+
+CKPT_CONVERT_DISPATCH = "rlinf.convert_hf_to_mg:pangu"
+_RLINF_CONVERTER = "rlinf.utils.ckpt_convertor.megatron_convertor.convert_hf_to_mg"
+
+
+def _rlinf_converter_lacks_pangu() -> bool:
+    """RLinf's converter knows a model only through its packaged default_args.yaml (read as
+    text: importing the converter costs seconds)."""
+    spec = importlib.util.find_spec("rlinf")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    yaml_path = Path(spec.submodule_search_locations[0]) / "utils/ckpt_convertor/megatron_convertor/default_args.yaml"
+    return yaml_path.is_file() and "pangu" not in yaml_path.read_text().lower()
+
+
+@patch(
+    CKPT_CONVERT_DISPATCH,
+    why="RLinf's convert_hf_to_mg has no Pangu entry, its GQA path drops o_proj.bias, and it reconverts on every start: Pangu goes through ckpt_convertor (cached, atomic, locked)",
+    module=_RLINF_CONVERTER,
+    applies=_rlinf_converter_lacks_pangu,
+)
+def _route_pangu_conversion() -> None:
+    def install(mod) -> None:
+        from ckpt_convertor.startup import dispatching_converter
+
+        mod.convert_hf_to_mg = dispatching_converter(mod.convert_hf_to_mg)
+
+    after_import(_RLINF_CONVERTER, install)
