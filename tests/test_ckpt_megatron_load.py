@@ -12,6 +12,8 @@ import pytest
 
 from ckpt_convertor.convert import hf_to_megatron
 
+from ckpt_testlib import write_hf
+
 pytest.importorskip("megatron.training")
 pytest.importorskip("rlinf")
 harness = pytest.importorskip("harness")
@@ -22,18 +24,22 @@ FAST = dict(fsync=False, progress=False)
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_fp32, tiny_tied_fp32, tmp_path_factory):
+def loaded(tmp_path_factory):
     import ckpt_megatron_ranks
 
     root = tmp_path_factory.mktemp("mg_load")
-    hf = {"tiny": str(tiny_fp32), "tied": str(tiny_tied_fp32)}
+    # small fp32 checkpoints (the factory's weights: random, non-trivial biases and norms)
+    hf = {
+        "untied": str(write_hf(root / "hf_untied", dtype="fp32", seed=5, num_hidden_layers=8)),
+        "tied": str(write_hf(root / "hf_tied", dtype="fp32", seed=6, num_hidden_layers=4, tie_word_embeddings=True)),
+    }
     layouts = {  # name -> (hf, tp, pp, vpp, norm names); 4 ranks: the rest is data parallel
-        "tp2pp2": ("tiny", 2, 2, None, "local"),
-        "pp2vpp3": ("tiny", 1, 2, 3, "local"),
-        "tied_pp2": ("tied", 1, 2, None, "local"),
+        "tp2pp2": ("untied", 2, 2, None, "local"),
+        "pp4vpp2": ("untied", 1, 4, 2, "local"),
+        "tied_tp2pp2": ("tied", 2, 2, None, "local"),
         # negative control: TE norm names into the local spec -> Megatron's strict load fails
         # and it silently falls back to a non-strict load; the check must catch that
-        "te_names_into_local_spec": ("tiny", 2, 2, None, "te"),
+        "te_names_into_local_spec": ("untied", 2, 2, None, "te"),
     }
     cases = {}
     for name, (key, tp, pp, vpp, norms) in layouts.items():
@@ -60,7 +66,7 @@ def _merged(results, name: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tp2pp2", "pp2vpp3", "tied_pp2"])
+@pytest.mark.parametrize("name", ["tp2pp2", "pp4vpp2", "tied_tp2pp2"])
 def test_converted_checkpoint_loaded_by_megatron_reproduces_hf_logits(loaded, name):
     m = _merged(loaded, name)
     assert not m["not_loaded"], f"Megatron left parameters unloaded: {sorted(m['not_loaded'])[:5]}"

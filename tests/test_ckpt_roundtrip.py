@@ -36,14 +36,12 @@ def _source(d: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny preset (6 layers, 8 heads, 4 KV heads, vocab 153376, untied), bf16 and fp32,
-    with several shards so the index spans files."""
+def tiny(tmp_path_factory, tiny_fp32):
+    """The tiny preset (6 layers, 8 heads, 4 KV heads, vocab 153376, untied), bf16 and fp32
+    (the shared fp32 fixture), with several shards so the index spans files."""
     root = tmp_path_factory.mktemp("ckpt_rt")
-    return {
-        dt: make_checkpoint(root / f"tiny_{dt}", "tiny", seed=3, dtype=dt, overwrite=True, shard_bytes=32 * 1024**2)
-        for dt in ("bf16", "fp32")
-    }
+    bf16 = make_checkpoint(root / "tiny_bf16", "tiny", seed=3, dtype="bf16", overwrite=True, shard_bytes=32 * 1024**2)
+    return {"bf16": bf16, "fp32": tiny_fp32}
 
 
 @pytest.fixture(scope="module")
