@@ -17,7 +17,10 @@ post-import hooks (nothing heavy is imported at start-up):
 
 * when ``transformers.models.auto.configuration_auto`` has loaded: apply that patch;
 * when ``sglang.srt.utils.hf_transformers`` (SGLang's config/tokenizer loading) has loaded:
-  ``rlinf_pangu.register(rlinf=False)``.
+  ``rlinf_pangu.register(rlinf=False)``;
+
+and then lets ``rlinf_pangu.patches.arm_startup()`` arm the start-up patches for RLinf's own
+modules (import-time fixes Ray workers and SGLang's processes need before ``register()``).
 
 This module must stay import-light: it runs in every child interpreter.
 """

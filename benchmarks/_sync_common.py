@@ -1,0 +1,303 @@
+"""Shared pieces of the GPU sync/SGLang scripts (benchmarks/sync.py, sglang_decode.py, post_sync_parity.py).
+
+Each script runs on one GPU (``--device cuda``, the default) or, for a dry run of its logic with
+tiny shapes on a CPU host, ``--device cpu``. The GPU path uses SGLang's triton attention and the
+pytorch sampler (recipes/gpu/README.md); nothing CPU-specific runs there. Megatron runs as a
+single process (TP1, PP1) with torch.distributed initialised for world size 1, and the weight sync
+is RLinf's own ``MegatronCoreWeightReshard`` with Pangu's convertor, loaded into SGLang the way
+RLinf's rollout does (presharded ``load_weights`` per bucket, cache flushed after the last one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# SGLang's GPU runtime (tvm-ffi) must not use torch's C DLPack exchange on this stack.
+os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+
+import torch  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def register() -> None:
+    import rlinf_pangu
+
+    rlinf_pangu.register()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_hf_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF checkpoint dir (sharded safetensors), minus RoPE buffers."""
+    from safetensors.torch import load_file
+
+    from rlinf_pangu.layout import ROTARY_INV_FREQ
+
+    ckpt = Path(ckpt)
+    index = ckpt / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(ckpt / f)))
+    return {k: v for k, v in out.items() if not ROTARY_INV_FREQ.search(k)}
+
+
+def hf_config(ckpt: str | Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(ckpt))
+
+
+# --------------------------------------------------------------------------------------
+# SGLang
+# --------------------------------------------------------------------------------------
+
+
+def engine(model_path: str | Path, device: str, dtype: str, **overrides: Any):
+    """An ``sgl.Engine`` with the settings that work on the GPU host (or CPU for a dry run)."""
+    import sglang as sgl
+
+    kw: dict[str, Any] = dict(
+        model_path=str(model_path), dtype=dtype, sampling_backend="pytorch", skip_tokenizer_init=True,
+        log_level="warning", random_seed=0, custom_weight_loader=[LOADER],
+    )
+    if device == "cuda":
+        kw.update(attention_backend="triton", mem_fraction_static=0.4, disable_prefill_cuda_graph=True)
+    else:  # dry run
+        kw.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
+                  mem_fraction_static=0.5, max_total_tokens=4096)
+    kw.update(overrides)
+    return sgl.Engine(**kw)
+
+
+#: SGLang custom weight loader that loads like RLinf's rollout (rlinf_pangu.sglang_ext.weight_sync.LOADER).
+LOADER = "rlinf_pangu.sglang_ext.weight_sync.load_presharded_weights"
+
+
+def push_buckets(eng, buckets: Iterator[dict[str, torch.Tensor]]) -> int:
+    """Load HF-named buckets into SGLang like RLinf's rollout (presharded, flush after the last)."""
+    n = 0
+    pending = None
+    for bucket in buckets:
+        if pending is not None:
+            _update(eng, pending, LOADER, flush=False)
+            n += 1
+        pending = bucket
+    if pending is not None:
+        _update(eng, pending, LOADER, flush=True)
+        n += 1
+    return n
+
+
+def _update(eng, bucket: dict[str, torch.Tensor], loader: str, flush: bool) -> None:
+    ok, msg = eng.update_weights_from_tensor(list(bucket.items()), load_format=loader, flush_cache=flush)[:2]
+    if not ok:
+        raise RuntimeError(f"SGLang refused the weight update: {msg}")
+
+
+def sglang_logprobs(eng, seqs: list[list[int]]) -> list[torch.Tensor]:
+    """SGLang's log-probabilities of ``seq[1:]`` for each sequence (prefill with logprobs)."""
+    outs = eng.generate(input_ids=seqs, sampling_params={"max_new_tokens": 1, "temperature": 0},
+                        return_logprob=True, logprob_start_len=0)
+    return [torch.tensor([v for v, _, _ in o["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64) for o in outs]
+
+
+# --------------------------------------------------------------------------------------
+# Megatron (one process, TP1/PP1)
+# --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_dry_run_redirects() -> None:
+    """Dry run on a CPU host only: megatron-core allocates on torch.cuda.current_device() and
+    forks the CUDA RNG. Never reached with --device cuda."""
+    from megatron.core.tensor_parallel import random as mcore_random
+    from torch.overrides import TorchFunctionMode
+
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda s, *a, **k: torch.set_rng_state(s)
+    mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mcore_random._set_cuda_rng_state = lambda s, *a, **k: torch.set_rng_state(s)
+
+    class CudaToCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if "cuda" in str(kwargs.get("device", "")):
+                kwargs["device"] = "cpu"
+            if func is torch.Tensor.cuda:
+                return args[0]
+            return func(*args, **kwargs)
+
+    CudaToCpu().__enter__()
+
+
+def init_megatron(device: str) -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    if device == "cpu":
+        _cpu_dry_run_redirects()
+    else:
+        torch.cuda.set_device(0)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+    if device == "cpu":
+        _gloo_groups()
+    ps.initialize_model_parallel(1, 1)
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+
+
+def _gloo_groups() -> None:
+    """Dry run only: RLinf's reshard asks for NCCL subgroups."""
+    from megatron.core import parallel_state as ps
+
+    original = ps.create_group
+    ps.create_group = lambda ranks=None, timeout=None, backend=None, *a, **k: original(ranks, timeout, "gloo", *a, **k)
+
+
+def build_megatron(hf_cfg, dtype: torch.dtype, device: str, hf_state: dict[str, torch.Tensor] | None = None):
+    """Pangu GPTModel (local spec, TP1) on ``device``; with ``hf_state`` it holds those weights."""
+    from megatron.core.models.gpt import GPTModel
+
+    from rlinf_pangu.layout import PanguDims, hf_to_megatron_shard
+    from rlinf_pangu.megatron.config import gpt_model_kwargs, pangu_transformer_config
+    from rlinf_pangu.megatron.spec import get_pangu_spec
+
+    tc = pangu_transformer_config(hf_cfg, tp=1, pp=1, dtype=dtype, use_cpu_initialization=(device == "cpu"))
+    model = GPTModel(config=tc, transformer_layer_spec=get_pangu_spec("pangu_local", tc, False), **gpt_model_kwargs(hf_cfg))
+    model = model.to(device)
+    if hf_state is not None:
+        shard = hf_to_megatron_shard(hf_state, PanguDims.from_hf_config(hf_cfg), 0, 1)
+        missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in shard.items()}, strict=False)
+        missing = [k for k in missing if "_extra_state" not in k]
+        if missing or unexpected:
+            raise RuntimeError(f"Megatron load: missing {missing}, unexpected {unexpected}")
+    return model, tc
+
+
+def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """RLinf's sync on this process: divide_model_to_bucket, then gather_and_reshard_model
+    (reshard + Pangu's convertor) per bucket, yielding HF-named tensors."""
+    from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
+    from rlinf.utils.resharding.reshard_config import ReshardConfig
+
+    reshard = MegatronCoreWeightReshard(
+        ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **reshard_kw)
+    )
+    for bucket in reshard.divide_model_to_bucket([model]):
+        yield reshard.gather_and_reshard_model(bucket, 0)
+
+
+def megatron_logprobs(model, seqs: list[list[int]], device: str, fp32_lm_head: bool = False) -> list[torch.Tensor]:
+    """Megatron's log-probabilities of ``seq[1:]`` (fp32 log-softmax of its logits).
+
+    ``fp32_lm_head``: logits from the final (normed) hidden states and the output layer in fp32,
+    as SGLang's ``enable_fp32_lm_head`` computes them; otherwise the output layer's own dtype.
+    """
+    captured: list[torch.Tensor] = []
+    hook = model.decoder.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    out = []
+    try:
+        with torch.no_grad():
+            for s in seqs:
+                ids = torch.tensor([s], device=device)
+                pos = torch.arange(len(s), device=device).unsqueeze(0)
+                captured.clear()
+                logits = model(input_ids=ids, position_ids=pos, attention_mask=None)[0].float()
+                if fp32_lm_head:  # decoder output is [seq, batch, hidden], final norm applied
+                    logits = captured[-1][:, 0].float() @ model.output_layer.weight.float().T
+                lp = torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
+                out.append(lp.double().cpu())
+    finally:
+        hook.remove()
+    return out
+
+
+def adam_step(model, seqs: list[list[int]], lr: float, device: str) -> float:
+    """One optimizer step on Megatron's own per-token loss over ``seqs``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    total = 0.0
+    for s in seqs:
+        ids = torch.tensor([s[:-1]], device=device)
+        labels = torch.tensor([s[1:]], device=device)
+        pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
+        loss = model(input_ids=ids, position_ids=pos, attention_mask=None, labels=labels).float().mean() / len(seqs)
+        loss.backward()
+        total += float(loss)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    del opt
+    return total
+
+
+def mean_exp_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean exp(|dlogp|), max |dlogp|) over all tokens."""
+    d = torch.cat([(x - y).abs() for x, y in zip(a, b)])
+    return float(d.exp().mean()), float(d.max())
+
+
+def random_tokens(n_seqs: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n_seqs, length), generator=g).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------
+
+
+def imported_distributions() -> list[str]:
+    """Distributions whose top-level modules this process imported (what the GPU host must have)."""
+    import importlib.metadata as md
+
+    pkgs = md.packages_distributions()
+    found = set()
+    for name, mod in list(sys.modules.items()):
+        if "." in name or not getattr(mod, "__file__", None):
+            continue
+        for dist in pkgs.get(name, []):
+            with contextlib.suppress(md.PackageNotFoundError):
+                found.add(f"{dist}=={md.version(dist)}")
+    return sorted(found, key=str.lower)
+
+
+def write_result(out_dir: str | Path, name: str, result: dict) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {**result, "device": _device_name(), "torch": torch.__version__, "imported": imported_distributions()}
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1, default=str))
+    log(f"wrote {path}")
+    return path
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"
