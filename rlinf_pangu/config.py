@@ -245,6 +245,10 @@ def check_pangu(cfg: DictConfig) -> None:
         return
     dims = PanguDims.from_hf_config(hf)
     model = cfg.actor.model
+    # RLinf derives megatron.untie_embeddings_and_output_weights from this key *before* it copies
+    # tie_word_embeddings from the HF config: state it up front so both agree (tied 1B).
+    with open_dict(cfg):
+        model.share_embeddings_and_output_weights = bool(hf.get("tie_word_embeddings", False))
     tp, pp = int(model.tensor_model_parallel_size), int(model.pipeline_model_parallel_size)
     vpp = model.get("virtual_pipeline_model_parallel_size")
     try:

@@ -1,0 +1,257 @@
+"""``python -m rlinf.train --config PATH.yaml [key=value ...]``: RLinf's GRPO for openPangu-Embedded.
+
+RLinf 0.3.0 ships no driver (upstream launches ``examples/reasoning/main_grpo.py``, which the wheel
+lacks), and its ``RLINF_EXT_MODULE`` plugin hook runs in Ray workers, not in the driver. This is the
+driver: it follows upstream's flow — ``validate_cfg`` -> ``Cluster`` -> component placement ->
+rollout / reward / actor worker groups -> RLinf's own ``ReasoningRunner`` -> ``init_workers`` ->
+``run`` — after the checks that must fail before any worker starts (``rlinf_pangu.config``):
+
+1. compose the YAML with hydra (``defaults`` from ``configs/``) plus ``key=value`` overrides;
+2. reject unknown keys, make paths absolute, make the tiny checkpoint if the YAML asks for it,
+   run the Pangu checks (model_type, TP/PP vs heads/layers, eos, precision);
+3. ``rlinf_pangu.register()`` here, and ``RLINF_EXT_MODULE=rlinf_pangu`` for every Ray worker;
+4. start Ray self-contained (token auth off, temp dir of its own, never attached to another
+   Ray found on the host) and run RLinf's loop;
+5. print one table row per GRPO step, and write ``metrics.jsonl`` + ``metrics.png`` next to
+   RLinf's TensorBoard logs (``rlinf_pangu.report``).
+
+``python -m rlinf.train`` resolves here through ``rlinf_pangu.rlinf_train`` (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+log = logging.getLogger("rlinf_pangu.train")
+
+EXT_MODULE = "rlinf_pangu"
+#: Ray waits a fixed 30 s for its raylet to register; on a loaded small host it can miss that.
+RAY_START_ATTEMPTS = 5
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m rlinf.train",
+        description="GRPO for openPangu-Embedded with RLinf (Megatron actor, SGLang rollout).",
+        epilog="Overrides use hydra's grammar: key=value, +new_key=value, group=option (e.g. model=pangu-1b).",
+    )
+    p.add_argument("--config", required=True, help="the job's YAML, e.g. examples/math/pangu-tiny-grpo-megatron.yaml")
+    p.add_argument("--dry-run", action="store_true", help="check and print the resolved RLinf config; start nothing")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    return p.parse_args(argv)
+
+
+def _log_setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+
+
+def _set_ext_module() -> None:
+    """Every RLinf worker imports RLINF_EXT_MODULE and calls its register() (rlinf.scheduler)."""
+    current = os.environ.get("RLINF_EXT_MODULE")
+    if current and current != EXT_MODULE:
+        raise SystemExit(
+            f"RLINF_EXT_MODULE={current} is set; RLinf loads one extension module and this job needs "
+            f"{EXT_MODULE} (import yours from a module whose register() also calls rlinf_pangu.register())"
+        )
+    os.environ["RLINF_EXT_MODULE"] = EXT_MODULE
+
+
+@contextlib.contextmanager
+def own_ray(run_dir: Path) -> Iterator[Path]:
+    """Start RLinf's Ray self-contained, and stop it afterwards.
+
+    * Ray 2.60 turns token authentication on and keeps state under the home directory: off
+      (``RAY_AUTH_MODE=disabled``), and a temp dir of this run's own (a short path under /tmp —
+      Ray's socket paths must stay under 107 bytes — linked from ``run_dir/ray``).
+    * RLinf's ``Cluster`` first calls ``ray.init(address="auto")``, which attaches to *any* Ray
+      running on the host (another job's, a test's). Unless ``RAY_ADDRESS`` names a cluster on
+      purpose, that call starts a local Ray instead (``address=None``); ``RAY_ADDRESS`` then
+      names it, for Ray's state API (RLinf's failure handler lists actors through it).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    tmp = Path(tempfile.mkdtemp(prefix="rlp-ray-", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    link = run_dir / "ray"
+    with contextlib.suppress(OSError):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(tmp)
+    import ray
+
+    original_init = ray.init
+    isolated = not os.environ.get("RAY_ADDRESS")
+
+    def init(*args, **kwargs):
+        if isolated and kwargs.get("address") == "auto":
+            kwargs["address"] = None  # start a local Ray here instead of joining any on the host
+        for attempt in range(RAY_START_ATTEMPTS):
+            try:
+                out = original_init(*args, **kwargs)
+                break
+            except Exception as e:  # Ray waits a fixed 30 s for its raylet: a loaded host misses it
+                if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS - 1:
+                    raise
+                log.warning("Ray did not start in time (attempt %d: %s); retrying", attempt + 1, e)
+                ray.shutdown()
+        # Ray's state API (RLinf's failure handler lists actors) must find *this* cluster.
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+        return out
+
+    ray.init = init
+    try:
+        yield tmp
+    finally:
+        ray.init = original_init
+        if ray.is_initialized():
+            ray.shutdown()
+        if isolated:
+            os.environ.pop("RAY_ADDRESS", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            link.unlink()
+
+
+def prepare(config: str, overrides: Sequence[str]):
+    """Compose and check the config, export the environment, register Pangu: no worker yet."""
+    from . import config as pc
+
+    cfg = pc.compose(config, overrides)
+    pc.check_known_keys(cfg)
+    device = pc.device(cfg)
+    pc.absolutize_paths(cfg)
+    if device == "cpu":
+        from . import cpu_mode  # the explicit CPU mode only
+
+        cpu_mode.driver_environment(cfg)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _set_ext_module()
+
+    import rlinf_pangu
+    from omegaconf import OmegaConf
+
+    rlinf_pangu.register()
+    pc.ensure_checkpoint(cfg)
+    pc.check_pangu(cfg)
+    OmegaConf.resolve(cfg)  # workers get plain values (no project resolvers needed there)
+    return cfg
+
+
+def build_and_run(cfg) -> "object":
+    """Upstream's main_grpo flow with RLinf's own classes; returns the runner after ``run()``."""
+    from omegaconf import OmegaConf
+    from rlinf.config import validate_cfg
+    from rlinf.data.datasets import create_rl_dataset
+    from rlinf.data.tokenizers import hf_tokenizer
+    from rlinf.runners.reasoning_runner import ReasoningRunner
+    from rlinf.scheduler import Cluster
+    from rlinf.utils.placement import ModelParallelComponentPlacement, PlacementMode
+    from rlinf.workers.actor import get_actor_worker
+    from rlinf.workers.inference.utils import get_inference_backend_worker
+    from rlinf.workers.reward.reward_worker import RewardWorker
+    from rlinf.workers.rollout.utils import get_rollout_backend_worker
+
+    from .config import device
+
+    cfg = validate_cfg(cfg)  # starts the Ray cluster
+    run_dir = Path(cfg.runner.logger.log_path)
+    (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    cluster = Cluster(cluster_cfg=cfg.cluster)
+    placement = ModelParallelComponentPlacement(cfg, cluster)
+    if device(cfg) == "cpu":
+        from . import cpu_mode
+
+        cpu_mode.driver_placement(placement)
+
+    rollout = get_rollout_backend_worker(cfg).create_group(cfg, placement).launch(
+        cluster, name=cfg.rollout.group_name, placement_strategy=placement.get_strategy("rollout")
+    )
+    actor_inference = None
+    if placement.placement_mode in (PlacementMode.DISAGGREGATED, PlacementMode.AUTO) and cfg.algorithm.recompute_logprobs:
+        if placement.has_dedicated_inference:
+            actor_inference = get_inference_backend_worker(cfg, "actor").create_group(cfg, placement).launch(
+                cluster, name=cfg.inference.group_name, placement_strategy=placement.get_strategy("inference")
+            )
+    reward = RewardWorker.create_group(cfg).launch(
+        cluster, name=cfg.reward.group_name, placement_strategy=placement.get_strategy("reward")
+    )
+    actor = get_actor_worker(cfg).create_group(cfg, placement).launch(
+        cluster, name=cfg.actor.group_name, placement_strategy=placement.get_strategy("actor")
+    )
+
+    tokenizer = hf_tokenizer(cfg.actor.tokenizer.tokenizer_model)
+    train_ds, val_ds = create_rl_dataset(cfg, tokenizer)
+    runner = ReasoningRunner(
+        cfg=cfg,
+        placement=placement,
+        train_dataset=train_ds,
+        val_dataset=val_ds,
+        rollout=rollout,
+        actor_inference=actor_inference,
+        actor=actor,
+        reward=reward,
+    )
+    report = None
+    if cfg.pangu.report.table or cfg.pangu.report.plot:
+        from .report import StepReport
+
+        report = StepReport(run_dir, cfg.algorithm.n_minibatches, printer=_table_printer(cfg.pangu.report.table))
+        report.attach(runner.metric_logger)
+    t0 = time.monotonic()
+    runner.init_workers()
+    log.info("workers initialised in %.1f s", time.monotonic() - t0)
+    t0 = time.monotonic()
+    runner.run()
+    log.info("%d GRPO steps in %.1f s", runner.global_steps, time.monotonic() - t0)
+    if report is not None:
+        png = report.finish() if cfg.pangu.report.plot else report.write_jsonl()
+        log.info("per-step metrics: %s; TensorBoard logs: %s", png, run_dir)
+    runner.report = report
+    return runner
+
+
+def _table_printer(enabled: bool):
+    def printer(line: str) -> None:
+        if enabled:
+            print(f"[grpo] {line}", flush=True)
+
+    return printer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _log_setup()
+    from .config import ConfigError
+
+    try:
+        cfg = prepare(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from omegaconf import OmegaConf
+
+        from .config import resolve_rlinf
+
+        print(json.dumps(OmegaConf.to_container(resolve_rlinf(cfg), resolve=True), indent=2, default=str))
+        return 0
+    run_dir = Path(cfg.runner.output_dir) / cfg.runner.experiment_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with own_ray(run_dir):
+        build_and_run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
