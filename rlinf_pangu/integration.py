@@ -26,12 +26,40 @@ def register_rlinf() -> bool:
 
     if MODEL_TYPE not in SupportedModel.models:
         SupportedModel.PANGU = SupportedModel.register(MODEL_TYPE)
+
+    import resharding  # the weight-sync convertor and reshard functions (needs "pangu" above)
+
+    resharding.register()
     return True
 
 
 def register_sglang() -> None:
-    """Point SGLang's external model loader at our package; scheduler processes inherit the env."""
+    """Make every SGLang process started from here on serve Pangu.
+
+    SGLang spawns its scheduler/detokenizer processes (and ``python -m sglang.launch_server`` is
+    one): they inherit ``SGLANG_EXTERNAL_MODEL_PACKAGE`` (SGLang imports that package when it
+    resolves the model class) and, through ``PYTHONPATH``, the start-up hook of
+    :mod:`rlinf_pangu.boot`, which patches and registers there before SGLang parses the config.
+    This process gets the SGLang patches directly.
+    """
+    from . import boot, patches
+
     current = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
     if current and current != SGLANG_EXTERNAL_PACKAGE:
         log.warning("SGLANG_EXTERNAL_MODEL_PACKAGE=%s replaced by %s", current, SGLANG_EXTERNAL_PACKAGE)
     os.environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = SGLANG_EXTERNAL_PACKAGE
+    boot.install_for_children()
+    patches.apply_patch(patches.SGLANG_EXIST_OK)
+
+
+def sglang_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a separately started SGLang (``python -m sglang.launch_server``) needs.
+
+    ``env`` (default: this process's) plus ``SGLANG_EXTERNAL_MODEL_PACKAGE`` and the start-up
+    hook on ``PYTHONPATH``. ``python -m rlinf_pangu.serve --print-env`` prints it for a shell.
+    """
+    from . import boot
+
+    out = boot.child_env(env)
+    out["SGLANG_EXTERNAL_MODEL_PACKAGE"] = SGLANG_EXTERNAL_PACKAGE
+    return out

@@ -74,9 +74,14 @@ def apply_patch(name: str) -> bool:
     return True
 
 
+#: Patches their owner applies at the right moment (e.g. SGLang's CPU-only ones, from inside an
+#: SGLang process that serves on the CPU); ``apply_all()`` leaves them alone.
+ON_DEMAND: set[str] = set()
+
+
 def apply_all(only: list[str] | None = None) -> list[str]:
     """Apply every registered patch (or ``only`` those); returns the names applied now."""
-    return [n for n in (only or list(PATCHES)) if apply_patch(n)]
+    return [n for n in (only or [n for n in PATCHES if n not in ON_DEMAND]) if apply_patch(n)]
 
 
 def _mod(name: str):
@@ -272,3 +277,140 @@ def _route_pangu_conversion() -> None:
         mod.convert_hf_to_mg = dispatching_converter(mod.convert_hf_to_mg)
 
     after_import(_RLINF_CONVERTER, install)
+
+
+# ======================================================================================
+# RLinf weight sync (owner: the sync helper)
+# ======================================================================================
+
+RESHARD_DISPATCH = "rlinf.get_reshard_fn:pangu"
+_RESHARD_UTILS = "rlinf.utils.resharding.utils"
+_RESHARD_CONFIG = "rlinf.utils.resharding.reshard_config"
+
+
+def _rlinf_has_no_pangu_reshard() -> bool:
+    return any(
+        "pangu" not in _source_of(_RESHARD_UTILS, getter).lower()
+        for getter in ("get_tp_reshard_fn", "get_pp_reshard_fn")
+    )
+
+
+@patch(
+    RESHARD_DISPATCH,
+    why="RLinf's get_tp/pp_reshard_fn are hard-coded if/else chains (imported by name into reshard_config) that raise for any model type they do not list",
+    module=_RESHARD_CONFIG,
+    applies=_rlinf_has_no_pangu_reshard,
+)
+def _dispatch_reshard_fns() -> None:
+    # Installed when reshard_config is imported (it pulls in megatron.core, too heavy for register()).
+    def install(rc) -> None:
+        import resharding
+
+        ru = _mod(_RESHARD_UTILS)
+        for getter, table in (("get_tp_reshard_fn", resharding.TP_RESHARD_FNS), ("get_pp_reshard_fn", resharding.PP_RESHARD_FNS)):
+            original = getattr(ru, getter)
+            if not hasattr(original, "__rlinf_pangu_original__"):
+
+                def dispatch(model_type, _original=original, _table=table):
+                    target = _table.get(getattr(model_type, "value", model_type))
+                    return resharding.resolve(target) if target is not None else _original(model_type)
+
+                dispatch.__doc__ = original.__doc__
+                dispatch.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+                setattr(ru, getter, dispatch)
+            setattr(rc, getter, getattr(ru, getter))  # ReshardConfig calls the name it imported
+
+    after_import(_RESHARD_CONFIG, install)
+
+
+# ======================================================================================
+# SGLang serving Pangu (owner: the sync helper). Child interpreters that SGLang spawns get
+# these through rlinf_pangu.boot (its post-import hooks), the current one through register().
+# ======================================================================================
+
+#: transformers 5.17 already ships configs that sglang 0.5.17 (pinned to 5.12.1) registers.
+SGLANG_EXIST_OK = "transformers.AutoConfig.register:sglang-exist_ok"
+#: Config types sglang 0.5.17 registers unconditionally at import of ``sglang.srt.configs``.
+_SGLANG_REGISTERED_CONFIGS = ("qwen3_asr", "qwen3_asr_thinker")
+
+
+def _sglang_config_clash() -> bool:
+    if not _installed("sglang"):
+        return False
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return any(t in CONFIG_MAPPING_NAMES for t in _SGLANG_REGISTERED_CONFIGS)
+
+
+@patch(
+    SGLANG_EXIST_OK,
+    why="sglang 0.5.17 re-registers configs transformers 5.17 ships ('qwen3_asr' is already used by a Transformers config), which kills `import sglang`",
+    module="transformers.models.auto.configuration_auto",
+    applies=_sglang_config_clash,
+)
+def _tolerate_sglang_config_registration() -> None:
+    ca = _mod("transformers.models.auto.configuration_auto")
+    original = ca.AutoConfig.register
+    if hasattr(original, "__rlinf_pangu_original__"):
+        return
+
+    def register(model_type, config, exist_ok=False):
+        # Only SGLang's own config classes get the tolerance; everyone else keeps the check.
+        if str(getattr(config, "__module__", "")).startswith("sglang."):
+            exist_ok = True
+        return original(model_type, config, exist_ok=exist_ok)
+
+    register.__doc__ = original.__doc__
+    register.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    ca.AutoConfig.register = staticmethod(register)
+
+
+# --------------------------------------------------------------------------------------
+# SGLang, CPU mode only. These apply only inside an SGLang process whose server args say
+# device="cpu" (their probes read SGLang's published server args, which exist only in
+# SGLang's own processes), so they can never touch the GPU path. The Pangu model class
+# calls apply_sglang_cpu_patches() when it is built.
+# --------------------------------------------------------------------------------------
+
+SGLANG_CPU_ROPE = "sglang.RotaryEmbedding:native-on-cpu"
+SGLANG_CPU_PATCHES = (SGLANG_CPU_ROPE,)
+ON_DEMAND.update(SGLANG_CPU_PATCHES)
+
+
+def _sglang_serving_on_cpu() -> bool:
+    rc = sys.modules.get("sglang.srt.runtime_context")  # never import SGLang just to look
+    args = rc.get_context().server_args if rc is not None else None
+    return args is not None and getattr(args, "device", None) == "cpu"
+
+
+def _sglang_rope_needs_cpu_flag() -> bool:
+    if not _installed("sglang") or not _sglang_serving_on_cpu():
+        return False
+    return not _mod("sglang.srt.layers.rotary_embedding.base")._is_cpu
+
+
+@patch(
+    SGLANG_CPU_ROPE,
+    why="[CPU mode only] without SGLang's CPU kernel build (SGLANG_USE_CPU_ENGINE), RotaryEmbedding on device=cpu reaches for vllm's custom op; flag the host as CPU so it takes the native path",
+    module="sglang.srt.layers.rotary_embedding.base",
+    applies=_sglang_rope_needs_cpu_flag,
+)
+def _sglang_rope_native_on_cpu() -> None:
+    _mod("sglang.srt.layers.rotary_embedding.base")._is_cpu = True
+
+
+def apply_sglang_cpu_patches() -> list[str]:
+    """Apply the CPU-only SGLang patches if this SGLang process serves on the CPU.
+
+    Unlike :func:`apply_patch` this re-probes every time: an earlier probe in the same process
+    (before SGLang published its server args) must not rule the patch out for good.
+    """
+    applied = []
+    for name in SGLANG_CPU_PATCHES:
+        p = PATCHES[name]
+        if p.applies():
+            p.apply()
+            p.done = True
+            applied.append(name)
+            log.info("patched %s: %s", name, p.why)
+    return applied
