@@ -13,6 +13,9 @@ by ``rlinf_pangu.register()`` (in every reward worker, through RLinf's ``RLINF_E
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from typing import Any, Sequence
 
 from .chat import split_thinking
@@ -56,7 +59,27 @@ class PanguMathReward:
         return verdict
 
     def get_reward(self, response: Sequence[str], reference: Sequence[Any], **kwargs: Any) -> list[float]:
-        return [(self.max_val if ok else self.min_val) * self.scale for ok in self.grade(response, reference)]
+        rewards = [(self.max_val if ok else self.min_val) * self.scale for ok in self.grade(response, reference)]
+        _log_samples(response, reference, rewards)
+        return rewards
+
+
+#: When set (the entry point sets it to the run folder), graded samples are appended to
+#: ``reward_samples.jsonl`` there: what was graded, the answer part, the reward.
+SAMPLES_ENV = "RLINF_PANGU_REWARD_SAMPLES"
+_LOCK = threading.Lock()
+
+
+def _log_samples(responses: Sequence[str], references: Sequence[Any], rewards: Sequence[float]) -> None:
+    path = os.environ.get(SAMPLES_ENV)
+    if not path:
+        return
+    with _LOCK, open(path, "a") as f:
+        for text, ref, r in zip(responses, references, rewards):
+            parts = split_thinking(text)
+            rec = {"completion": text, "answer": parts.answer, "finished_thinking": parts.finished_thinking,
+                   "reference": list(ref) if isinstance(ref, (list, tuple)) else ref, "reward": r}
+            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
 
 
 def register(rewards_module: Any | None = None) -> None:

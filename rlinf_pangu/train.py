@@ -95,6 +95,8 @@ def own_ray(run_dir: Path) -> Iterator[Path]:
     def init(*args, **kwargs):
         if isolated and kwargs.get("address") == "auto":
             kwargs["address"] = None  # start a local Ray here instead of joining any on the host
+            # Two fewer busy processes on small hosts; RLinf's state queries tolerate its absence.
+            kwargs.setdefault("include_dashboard", False)
         for attempt in range(RAY_START_ATTEMPTS):
             try:
                 out = original_init(*args, **kwargs)
@@ -117,9 +119,24 @@ def own_ray(run_dir: Path) -> Iterator[Path]:
             ray.shutdown()
         if isolated:
             os.environ.pop("RAY_ADDRESS", None)
+        _stop_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             link.unlink()
+
+
+def _stop_leftovers(tmp: Path) -> None:
+    """Ray processes of this run still alive after shutdown (a start attempt that timed out leaves
+    its GCS behind): found by this run's own temp dir in their command line, stopped by pid."""
+    import psutil
+
+    mine = str(tmp)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.info["pid"] != os.getpid() and any(mine in part for part in proc.info["cmdline"] or ()):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def prepare(config: str, overrides: Sequence[str]):
@@ -248,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     run_dir = Path(cfg.runner.output_dir) / cfg.runner.experiment_name
     run_dir.mkdir(parents=True, exist_ok=True)
+    from .reward import SAMPLES_ENV
+
+    os.environ.setdefault(SAMPLES_ENV, str(run_dir / "reward_samples.jsonl"))  # reward workers inherit it
     with own_ray(run_dir):
         build_and_run(cfg)
     return 0
