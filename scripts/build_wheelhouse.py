@@ -105,18 +105,21 @@ def download(name: str, version: str, dest: Path) -> Path:
         log.info("%s==%s has no wheel on the index; building one from the sdist", name, version)
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest),
                         "--disable-pip-version-check", f"{name}=={version}"], check=True)
-    new = set(dest.iterdir()) - before
+    new = {p for p in set(dest.iterdir()) - before if p.suffix == ".whl"}
     for w in new:
         if w.suffix == ".whl" and not w.name.endswith(("-none-any.whl", "x86_64.whl")):
             raise RuntimeError(f"{w.name}: built for this host's platform, not the GPU host's")
     if not new:  # already there
-        cands = [p for p in dest.iterdir() if norm(p.name.split("-")[0]) == norm(name) and f"-{version}-" in p.name]
+        cands = [p for p in dest.glob("*.whl") if norm(p.name.split("-")[0]) == norm(name) and f"-{version}-" in p.name]
         return cands[0]
     return new.pop()
 
 
 def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> Path:
     """Repack ``wheel`` without members matching ``drop``, with a RECORD that matches the content."""
+    with zipfile.ZipFile(wheel) as src:
+        if not any(drop.search(n) for n in src.namelist()):
+            return wheel  # already slim (a re-run)
     tmp = wheel.with_suffix(".slim")
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
         record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
@@ -133,7 +136,6 @@ def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> Path:
         kept_records.append(f"{record_name},,")
         dst.writestr(record_name, "\n".join(kept_records) + "\n")
     tmp.replace(wheel)
-    wheel.with_name(wheel.name + ".slimmed").touch()
     return wheel
 
 
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     wheels = []
     for name, ver in need.items():
         w = download(name, ver, a.out)
-        if name in SLIM and not a.no_slim and not w.with_name(w.name + ".slimmed").exists():
+        if name in SLIM and not a.no_slim:
             w = slim_wheel(w, re.compile(SLIM[name]))
         wheels.append(w)
         log.info("%-32s %8.1f MB", w.name[:32], w.stat().st_size / 1e6)
