@@ -47,6 +47,23 @@ def _child(cmd: list[str]) -> tuple[float, int, int]:
     return wall, usage.ru_maxrss * 1024, proc.returncode
 
 
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Every tensor of HF dirs ``a`` and ``b`` has the same name, dtype, shape and bytes (streamed)."""
+    import torch
+    from safetensors import safe_open
+
+    wa = json.loads((a / "model.safetensors.index.json").read_text())["weight_map"]
+    wb = json.loads((b / "model.safetensors.index.json").read_text())["weight_map"]
+    if set(wa) != set(wb):
+        return False
+    for name in sorted(wa):
+        with safe_open(str(a / wa[name]), "pt") as fa, safe_open(str(b / wb[name]), "pt") as fb:
+            x, y = fa.get_tensor(name), fb.get_tensor(name)
+        if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+            return False
+    return True
+
+
 def _sync() -> float:
     t0 = time.perf_counter()
     os.sync()
@@ -60,7 +77,7 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/convert-bench"))
     ap.add_argument("--rounds", type=int, default=1, help="repeat cp / convert this many times (alternating)")
-    ap.add_argument("--back", action="store_true", help="also time megatron-to-hf")
+    ap.add_argument("--back", action="store_true", help="also time megatron-to-hf and check it is bit-exact")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     a = ap.parse_args()
@@ -126,7 +143,7 @@ def main() -> None:
             shutil.rmtree(back, ignore_errors=True)
             wall, rss, rc = _child([sys.executable, "-m", "ckpt_convertor", "megatron-to-hf", "--megatron", str(mg),
                                     "--out", str(back), "--no-progress"])
-            results["back"] = {"seconds": wall, "peak_rss": rss, "rc": rc}
+            results["back"] = {"seconds": wall, "peak_rss": rss, "rc": rc, "bit_exact": _same_tensors(hf, back)}
             shutil.rmtree(back, ignore_errors=True)
         results["load_after"] = os.getloadavg()
     finally:

@@ -43,6 +43,7 @@ from .hf_reader import CONFIG_FILE, INDEX_FILE, WEIGHT_DTYPES, HFCheckpoint, rea
 from .hf_writer import SafetensorsWriter
 from .megatron_io import (
     RANK_FILE,
+    MappedPages,
     RELEASE,
     RankFileWriter,
     Stage,
@@ -440,16 +441,23 @@ def megatron_to_hf(mg_dir: str | Path, out_dir: str | Path, dtype: str | torch.d
             try:
                 for p in range(mg.pp):
                     states = _rank_states(mg, p)
+                    pages = [MappedPages(mg.files[(r, p)]) for r in range(mg.tp)]
                     stages = pipeline_stages(dims.num_hidden_layers, mg.pp, vpp)
                     for stage in stages[p]:
                         sds = [s[stage.key] for s in states]
                         for name in sds[0]:
                             if not _convertible(name, dims, stage):
                                 continue
-                            full = merge_tp_shards(name, [sd[name] for sd in sds])
+                            shards = [sd[name] for sd in sds]
+                            full = merge_tp_shards(name, shards)
+                            futs = []
                             for hn, ht in layout_megatron_to_hf(name, full, dims, stage.layer_offset).items():
                                 ht = _as(ht, target)
-                                pipe.submit(writers[assignment[hn]].write, hn, ht, nbytes=ht.numel() * ht.element_size())
+                                futs.append(pipe.submit(writers[assignment[hn]].write, hn, ht,
+                                                        nbytes=ht.numel() * ht.element_size()))
+                            for pg, sh in zip(pages, shards):  # once written, give the mapped pages back
+                                pipe.after(futs, pg.drop, [sh])
+                            del shards, full
                     pipe.drain()
                     del states
                 if extras:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import mmap
 import os
 import re
 import struct
@@ -339,6 +340,50 @@ def find_checkpoint(root: str | Path) -> MegatronCheckpoint:
             if f is None or not f.is_file():
                 raise ConversionError(f"missing rank file {directory / name / RANK_FILE} (TP={tp}, PP={pp})")
     return MegatronCheckpoint(root, directory, tp, pp, ranks)
+
+
+class MappedPages:
+    """Give this process's resident pages of a ``torch.load(mmap=True)``-mapped file back once
+    the tensors on them have been used.
+
+    Why: pages of a mapped file count in RSS while the map lives (the whole rank file), so
+    without this a Megatron->HF conversion looks as large as a pipeline stage. The range is
+    ``madvise(MADV_DONTNEED)``-ed only if ``/proc/self/maps`` shows it inside a private mapping of
+    exactly this file (never anonymous memory, where DONTNEED would zero data); the pages stay in
+    the page cache and a later access simply maps them again.
+    """
+
+    def __init__(self, path: Path):
+        real = os.path.realpath(path)
+        self.ranges: list[tuple[int, int]] = []
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].strip() == real and parts[1].endswith("p"):
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((lo, hi))
+        except OSError:
+            pass
+
+    def drop(self, tensors: Iterable[torch.Tensor]) -> None:
+        for t in tensors:
+            st = t.untyped_storage()
+            start, end = st.data_ptr(), st.data_ptr() + st.nbytes()
+            lo = start - start % mmap.PAGESIZE
+            for r_lo, r_hi in self.ranges:
+                if r_lo <= lo and end <= r_hi:
+                    hi = min(r_hi, end + (-end % mmap.PAGESIZE))
+                    _madvise_dontneed(lo, hi - lo)
+                    break
+
+
+def _madvise_dontneed(addr: int, length: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), mmap.MADV_DONTNEED)
 
 
 def load_rank_file(path: Path) -> dict[str, Any]:
