@@ -103,6 +103,10 @@ class _WritePipeline:
         self._bytes += nbytes
         return fut
 
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Any:
+        """``fn`` over ``items`` on the I/O threads (after what is queued), results in order."""
+        return self._pool.map(fn, items)
+
     def after(self, futures: list[Future], fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` (in an I/O thread) once all ``futures`` are done."""
         left = [len(futures)]
@@ -253,10 +257,11 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
                 writers: list[RankFileWriter] = []
                 try:
                     for p, chunks in enumerate(plans):
-                        writers = []
+                        stage_writers = []
                         for r in range(tp):
                             plan = {stages[p][v].key: [(i.name, i.shape, target) for i in items] for v, items in enumerate(chunks)}
-                            writers.append(RankFileWriter(tmp / RELEASE / rank_dir_name(r, p, pp) / RANK_FILE, plan))
+                            stage_writers.append(RankFileWriter(tmp / RELEASE / rank_dir_name(r, p, pp) / RANK_FILE, plan))
+                        writers += stage_writers
                         for items in chunks:
                             for it in items:
                                 names = it.mapping.hf_names(it.layer)
@@ -266,14 +271,14 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
                                 for r in range(tp):  # pieces of srcs, written back to back
                                     parts = it.mapping.shard_parts(srcs, dims, r, tp)
                                     nbytes = sum(x.numel() for x in parts) * itemsize
-                                    futs.append(pipe.submit(writers[r].write, it.key, it.name, parts, ckpt.locate, pool,
-                                                            nbytes=nbytes))
+                                    futs.append(pipe.submit(stage_writers[r].write, it.key, it.name, parts, ckpt.locate,
+                                                            pool, nbytes=nbytes))
                                 pipe.after(futs, ckpt.release, names)  # drop touched mapped pages
                                 del srcs
-                        pipe.drain()
-                        for w in writers:
-                            w.close(fsync=fsync)
-                            files[str(w.path.relative_to(tmp))] = w.path.stat().st_size
+                    pipe.drain()
+                    # flush every rank file at the end, together (no stall between stages)
+                    list(pipe.map(lambda w: w.close(fsync=fsync), writers))
+                    files.update({str(w.path.relative_to(tmp)): w.path.stat().st_size for w in writers})
                 finally:
                     pipe.close()
                     for w in writers:
