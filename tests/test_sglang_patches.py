@@ -23,12 +23,21 @@ def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) ->
 
 
 def _clean_env() -> dict[str, str]:
-    drop = ("SGLANG_EXTERNAL_MODEL_PACKAGE", "PYTHONPATH")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    """This environment without anything rlinf_pangu.register() exported (a fresh shell)."""
+    from rlinf_pangu.boot import BOOT_DIR
+
+    env = {k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR)
+    return env
 
 
-def test_exist_ok_patch_is_needed_and_lets_sglang_import():
-    out = _python(
+@pytest.fixture(scope="module")
+def child(tiny_fp32):
+    """One fresh interpreter without any of our environment: first the upstream problem
+    (importing SGLang fails), then the start-up hook SGLang's child processes run
+    (``rlinf_pangu.boot.install()``, which their sitecustomize calls) and what it makes work.
+    The engine and HTTP-server tests cover the same hook arriving through ``PYTHONPATH``."""
+    code = (
         "from rlinf_pangu import patches\n"
         "print('applies', patches.PATCHES[patches.SGLANG_EXIST_OK].applies())\n"
         "try:\n"
@@ -36,24 +45,8 @@ def test_exist_ok_patch_is_needed_and_lets_sglang_import():
         "    print('unpatched import ok')\n"
         "except ValueError as e:\n"
         "    print('unpatched import failed:', e)\n"
-        "patches.apply_patch(patches.SGLANG_EXIST_OK)\n"
-        "import sglang.srt.configs\n"
-        "print('patched import ok')\n",
-        env=_clean_env(),
-    )
-    assert "applies True" in out
-    assert any(line.startswith("unpatched import failed:") and "already used" in line for line in out)
-    assert "patched import ok" in out
-
-
-@pytest.fixture(scope="module")
-def child_with_boot_env(tiny_fp32):
-    """A fresh interpreter with only the environment ``sglang_env()`` gives: no rlinf_pangu code
-    of its own, as SGLang's scheduler/detokenizer processes and ``python -m sglang.launch_server``."""
-    from rlinf_pangu.integration import sglang_env
-
-    code = (
-        "import sys\n"
+        "from rlinf_pangu import boot\n"
+        "boot.install()\n"
         "import sglang.srt.utils.hf_transformers\n"  # SGLang's config/tokenizer loading
         "from transformers import AutoConfig, AutoTokenizer\n"
         f"print('config', type(AutoConfig.from_pretrained({str(tiny_fp32)!r})).__name__)\n"
@@ -61,27 +54,31 @@ def child_with_boot_env(tiny_fp32):
         "from sglang.srt.models.registry import ModelRegistry, import_model_classes\n"
         "print('registry', ModelRegistry.models['PanguEmbeddedForCausalLM'].__module__)\n"
         "print('package', sorted((k, v.__module__) for k, v in import_model_classes('rlinf_pangu.sglang_ext', strict=True).items()))\n"
-        "from rlinf_pangu import patches\n"
         "print('cpu patches applied', [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done])\n"
     )
-    return _python(code, env=sglang_env(_clean_env()))
+    return _python(code, env=_clean_env())
 
 
-def test_boot_hook_lets_child_interpreters_import_sglang_and_load_pangu_config_and_tokenizer(child_with_boot_env):
-    assert "config PanguEmbeddedConfig" in child_with_boot_env
-    assert "tokenizer PanguTokenizer" in child_with_boot_env
+def test_exist_ok_patch_is_needed_and_lets_sglang_import(child):
+    assert "applies True" in child
+    assert any(line.startswith("unpatched import failed:") and "already used" in line for line in child)
+    assert "registry rlinf_pangu.sglang_ext.pangu_embedded" in child  # SGLang imported once patched
 
 
-def test_sglang_registers_the_package_entry_class_under_its_class_name(child_with_boot_env):
-    assert "registry rlinf_pangu.sglang_ext.pangu_embedded" in child_with_boot_env
-    assert "package [('PanguEmbeddedForCausalLM', 'rlinf_pangu.sglang_ext.pangu_embedded')]" in child_with_boot_env
+def test_boot_hook_registers_pangu_config_and_tokenizer_when_sglang_loads_them(child):
+    assert "config PanguEmbeddedConfig" in child
+    assert "tokenizer PanguTokenizer" in child
 
 
-def test_cpu_only_sglang_patch_stays_off_outside_an_sglang_cpu_process(child_with_boot_env):
+def test_sglang_registers_the_package_entry_class_under_its_class_name(child):
+    assert "package [('PanguEmbeddedForCausalLM', 'rlinf_pangu.sglang_ext.pangu_embedded')]" in child
+
+
+def test_cpu_only_sglang_patch_stays_off_outside_an_sglang_cpu_process(child):
     from rlinf_pangu import patches
 
     assert set(patches.SGLANG_CPU_PATCHES) <= patches.ON_DEMAND  # never applied by apply_all()
-    assert "cpu patches applied []" in child_with_boot_env
+    assert "cpu patches applied []" in child
 
 
 def test_reshard_dispatch_patch_is_needed_and_routes_pangu_to_its_fns(tiny_fp32):
