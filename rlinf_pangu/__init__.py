@@ -35,9 +35,20 @@ def register_transformers() -> None:
     _DONE.add("transformers")
 
 
+def _cpu_mode_run() -> bool:
+    """True in a process of an explicit CPU-mode run (the entry point exports RLINF_PANGU_DEVICE=cpu)."""
+    import os
+
+    return os.environ.get("RLINF_PANGU_DEVICE", "").lower() == "cpu"
+
+
 def register(*, rlinf: bool = True, sglang: bool = True) -> None:
     """Register Pangu everywhere it needs to be known. Safe to call any number of times."""
     register_transformers()
+    if _cpu_mode_run():  # only in a run whose YAML says cluster.device: cpu (see cpu_mode.py)
+        from . import cpu_mode
+
+        cpu_mode.activate()
     if rlinf and "rlinf" not in _DONE:
         from .integration import register_rlinf
 

@@ -238,6 +238,21 @@ def _redirect_torch_cuda() -> None:
     torch.Tensor.cuda = lambda self, *a, **k: self  # RLinf moves batches with .cuda()
 
 
+def _gloo_groups(parallel_state) -> None:
+    """RLinf's weight reshard creates its TP subgroups with a hard-coded backend="nccl"."""
+    create = parallel_state.create_group
+    if getattr(create, "__rlinf_pangu_cpu__", False):
+        return
+
+    def create_group(*args, **kwargs):
+        if kwargs.get("backend") == "nccl":
+            kwargs["backend"] = "gloo"
+        return create(*args, **kwargs)
+
+    create_group.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    parallel_state.create_group = create_group
+
+
 def _megatron_rng(mcore_random) -> None:
     # The tensor-parallel RNG tracker saves/restores CUDA generator states around dropout.
     mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
@@ -374,6 +389,7 @@ def arm() -> None:
     _after_import(_ACCEL, _accelerator_util)
     _after_import(_WORKER, _platform)
     _after_import("megatron.core.tensor_parallel.random", _megatron_rng)
+    _after_import("megatron.core.parallel_state", _gloo_groups)
     _after_import("rlinf.hybrid_engines.megatron.megatron_model_manager", _megatron_manager)
     _after_import("rlinf.workers.megatron_worker", _megatron_worker)
     _after_import("rlinf.workers.actor.megatron_actor_worker", _megatron_actor)

@@ -27,6 +27,11 @@ def register_rlinf() -> bool:
     if MODEL_TYPE not in SupportedModel.models:
         SupportedModel.PANGU = SupportedModel.register(MODEL_TYPE)
 
+    from . import reward
+
+    # pangu_math in RLinf's reward registry (lazily: that package imports the math verifier).
+    patches.after_import("rlinf.algorithms.rewards", reward.register)
+
     import resharding  # the weight-sync convertor and reshard functions (needs "pangu" above)
 
     resharding.register()

@@ -414,3 +414,291 @@ def apply_sglang_cpu_patches() -> list[str]:
             applied.append(name)
             log.info("patched %s: %s", name, p.why)
     return applied
+
+
+# ======================================================================================
+# RLinf's training loop on this stack (owner: the entry-point helper). The code these
+# install is in rlinf_pangu.rlinf_compat. Probes read upstream source from disk (no import),
+# so the start-up ones are cheap in every child interpreter (see arm_startup()).
+# ======================================================================================
+
+_INIT = "rlinf.utils.initialize"
+_RUNNER = "rlinf.runners.reasoning_runner"
+_MWORKER = "rlinf.workers.megatron_worker"
+_SGL_GATE = "rlinf.workers.rollout.sglang"
+_SGL_WORKER = "rlinf.workers.rollout.sglang.sglang_worker"
+_SGL_SCHED = "rlinf.hybrid_engines.sglang.common.sgl_scheduler"
+_SGL_TM = "rlinf.hybrid_engines.sglang.common.tokenizer_manager"
+_FSDP_MM = "rlinf.hybrid_engines.fsdp.fsdp_model_manager"
+_DATASET = "rlinf.data.datasets.reasoning"
+
+
+def _src(module: str) -> str:
+    return _mod("rlinf_pangu.rlinf_compat").upstream_source(module)
+
+
+def _compat():
+    return _mod("rlinf_pangu.rlinf_compat")
+
+
+MEGATRON_ARGS = "rlinf.set_megatron_args:complete"
+
+
+def _megatron_args_incomplete() -> bool:
+    init = _src(_INIT)
+    training = _src("megatron.training.training")
+    return "extract_selected_fields" in init and "perform_rl_step" in training and "perform_rl_step" not in init
+
+
+@patch(
+    MEGATRON_ARGS,
+    why="RLinf builds Megatron's global args from its own YAML field list; megatron-core 0.19's megatron.training reads ~800 argparse keys it lacks (perform_rl_step ...): add the missing ones with Megatron's defaults",
+    module=_INIT,
+    applies=_megatron_args_incomplete,
+)
+def _complete_megatron_args() -> None:
+    # set_megatron_args() (called again in setup_model_and_optimizer) hands its args to the
+    # module-global set_args: wrapping that catches every rebuild.
+    def install(init) -> None:
+        if not hasattr(init.set_args, "__rlinf_pangu_original__"):
+            init.set_args = _compat().make_complete_set_args(init.set_args)
+
+    after_import(_INIT, install)
+
+
+SGLANG_GATE = "rlinf.rollout.sglang:version-gate"
+
+
+def _sglang_gate_too_narrow() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import parse
+
+    try:
+        installed = parse(version("sglang"))
+    except PackageNotFoundError:
+        return False
+    return _compat().RLINF_SGLANG_BOUND in _src(_SGL_GATE) and installed > parse("0.5.4")
+
+
+@patch(
+    SGLANG_GATE,
+    why="RLinf 0.3.0's SGLang rollout refuses sglang > 0.5.4; torch 2.11 needs sglang 0.5.11..0.5.17 (the pinned 0.5.17 runs with the patches below)",
+    module=_SGL_GATE,
+    applies=_sglang_gate_too_narrow,
+)
+def _widen_sglang_gate() -> None:
+    if not _compat().before_exec(_SGL_GATE, _compat().widen_sglang_gate):
+        log.error("%s was imported before the SGLang version patch could run", _SGL_GATE)
+
+
+SGLANG_DISPATCH_EXTEND = "sglang.TypeBasedDispatcher:extend"
+
+
+@patch(
+    SGLANG_DISPATCH_EXTEND,
+    why="RLinf registers its scheduler/tokenizer handlers with _mapping.extend(...); sglang >= 0.5.5 made _mapping an OrderedDict",
+    module="sglang.utils",
+    applies=lambda: "OrderedDict(mapping)" in _src("sglang.utils") and "_mapping.extend" in _src(_SGL_SCHED),
+)
+def _extendable_dispatch() -> None:
+    def install(su) -> None:
+        init = su.TypeBasedDispatcher.__init__
+        if not hasattr(init, "__rlinf_pangu_original__"):
+            su.TypeBasedDispatcher.__init__ = _compat().make_dispatcher_init(init)
+
+    after_import("sglang.utils", install)
+
+
+SGLANG_COMMUNICATOR = "rlinf.TokenizerManager:_Communicator"
+
+
+def _communicator_moved() -> bool:
+    return (
+        "tokenizer_communicator_mixin import _Communicator" in _src(_SGL_TM)
+        and "class _Communicator" not in _src("sglang.srt.managers.tokenizer_manager")
+        and _compat().upstream_file("sglang.srt.managers.tokenizer_communicator_mixin") is None
+    )
+
+
+@patch(
+    SGLANG_COMMUNICATOR,
+    why="RLinf's TokenizerManager imports _Communicator from sglang modules 0.5.17 no longer has; 0.5.17's FanOutCommunicator does the job given the send function",
+    module=_SGL_TM,
+    applies=_communicator_moved,
+)
+def _provide_communicator() -> None:
+    def provide(_rlinf_tm) -> None:
+        stm = _mod("sglang.srt.managers.tokenizer_manager")
+        if not hasattr(stm, "_Communicator"):
+            stm._Communicator = _compat().make_communicator_cls()
+
+    _compat().before_exec(_SGL_TM, provide)
+
+
+SGLANG_SERVER_ARGS = "rlinf.SGLangWorker:ServerArgs-renamed"
+
+
+@patch(
+    SGLANG_SERVER_ARGS,
+    why="RLinf passes ServerArgs(cuda_graph_max_bs=...); sglang 0.5.17 calls it cuda_graph_max_bs_decode",
+    module=_SGL_WORKER,
+    applies=lambda: "cuda_graph_max_bs=" in _src(_SGL_WORKER)
+    and "cuda_graph_max_bs:" not in _src("sglang.srt.server_args"),
+)
+def _rename_server_args() -> None:
+    def install(sw) -> None:
+        if not hasattr(sw.ServerArgs, "__rlinf_pangu_original__"):
+            sw.ServerArgs = _compat().make_server_args_factory(sw.ServerArgs)
+
+    after_import(_SGL_WORKER, install)
+
+
+SGLANG_PARALLEL_STATE = "rlinf.Scheduler:tp_size"
+
+
+@patch(
+    SGLANG_PARALLEL_STATE,
+    why="RLinf's Scheduler reads self.tp_size/self.tp_rank; sglang 0.5.17's Scheduler keeps them in self.ps",
+    module=_SGL_SCHED,
+    applies=lambda: "self.tp_size" in _src(_SGL_SCHED)
+    and "self.tp_size =" not in _src("sglang.srt.managers.scheduler"),
+)
+def _scheduler_parallel_state() -> None:
+    after_import(_SGL_SCHED, lambda m: _compat().add_parallel_state_properties(m.Scheduler))
+
+
+DATASET_ENCODE = "rlinf.ReasoningDataset.encode_batch"
+
+
+@patch(
+    DATASET_ENCODE,
+    why="RLinf's dataset calls tokenizer.batch_encode_plus (gone in transformers 5): every sample is silently dropped, then 'No samples found within max_prompt_length'",
+    module=_DATASET,
+    applies=lambda: "batch_encode_plus" in _src(_DATASET)
+    and "def batch_encode_plus" not in _src("transformers.tokenization_utils_base"),
+)
+def _dataset_encode_batch() -> None:
+    def install(ds) -> None:
+        ds.ReasoningDataset.encode_batch = _compat().encode_batch
+
+    after_import(_DATASET, install)
+
+
+VISION2SEQ = "transformers.AutoModelForVision2Seq"
+
+
+@patch(
+    VISION2SEQ,
+    why="RLinf's reward worker imports fsdp_model_manager, which imports AutoModelForVision2Seq (renamed AutoModelForImageTextToText in transformers 5)",
+    module=_FSDP_MM,
+    applies=lambda: "AutoModelForVision2Seq" in _src(_FSDP_MM)
+    and "AutoModelForVision2Seq" not in _src("transformers.models.auto.modeling_auto"),
+)
+def _alias_vision2seq() -> None:
+    if not _compat().before_exec(_FSDP_MM, _compat().alias_vision2seq):
+        _compat().alias_vision2seq()
+
+
+RUNNER_LAST_STEP = "rlinf.ReasoningRunner:log-last-step"
+
+
+def _runner_drops_last_step() -> bool:
+    run = _source_of(_RUNNER, "ReasoningRunner.run")
+    end, log_at = run.find("if is_train_end:"), run.find("self.metric_logger.log(")
+    return 0 <= end < log_at
+
+
+@patch(
+    RUNNER_LAST_STEP,
+    why="RLinf's ReasoningRunner.run returns on the last step before logging its metrics (and never closes its TensorBoard writer): log it, then stop",
+    module=_RUNNER,
+    applies=_runner_drops_last_step,
+)
+def _runner_logs_last_step() -> None:
+    def install(rr) -> None:
+        if hasattr(rr.check_progress, "__rlinf_pangu_original__"):
+            return
+        progress = _compat().make_check_progress(rr.check_progress)
+        rr.check_progress = progress
+        cls = rr.ReasoningRunner
+        cls._put_batch = _compat().make_put_batch(cls._put_batch, progress)
+        cls.run = _compat().make_run(cls.run, progress)
+
+    after_import(_RUNNER, install)
+
+
+LOGPROB_GAP = "rlinf.MegatronWorker:logprob-gap-metric"
+
+
+@patch(
+    LOGPROB_GAP,
+    why="additive metric: the per-step gap between SGLang's rollout log-probs and the actor's recomputed ones (the weight-sync health check), which RLinf does not report",
+    module=_MWORKER,
+    applies=lambda: "logprob_gap" not in _src(_MWORKER),
+)
+def _logprob_gap_metric() -> None:
+    def install(mw) -> None:
+        fn = mw.MegatronWorker._compute_rollout_metrics
+        if not hasattr(fn, "__rlinf_pangu_original__"):
+            mw.MegatronWorker._compute_rollout_metrics = _compat().make_rollout_metrics(fn)
+
+    after_import(_MWORKER, install)
+
+
+#: Patches that must be in place when a child interpreter (Ray worker, SGLang scheduler) first
+#: imports RLinf: they fix import-time failures or run before ``register()`` can be called there.
+STARTUP_PATCHES = (
+    "megatron.legacy.fused_kernels",  # Ray workers unpickle the Megatron actor before register()
+    "rlinf.get_specs",
+    "rlinf.model_provider_func",
+    MEGATRON_ARGS,
+    SGLANG_GATE,
+    SGLANG_DISPATCH_EXTEND,
+    SGLANG_COMMUNICATOR,
+    SGLANG_SERVER_ARGS,
+    SGLANG_PARALLEL_STATE,
+    VISION2SEQ,
+)
+
+
+def arm_startup() -> list[str]:
+    """Arm the start-up patches (cheap: file reads and import hooks only); ``rlinf_pangu.boot`` calls it.
+
+    In a process of an explicit CPU-mode run this also arms ``rlinf_pangu.cpu_mode`` (the only
+    place that module is imported from at start-up).
+    """
+    applied = apply_all(list(STARTUP_PATCHES))
+    from . import _cpu_mode_run
+
+    if _cpu_mode_run():
+        _mod("rlinf_pangu.cpu_mode").arm()
+    return applied
+
+
+LATEX2SYMPY = "latex2sympy2:antlr-4.11-vs-4.9"
+_VERIFY = "rlinf.algorithms.rewards.math.math_verifier.verify"
+
+
+def _latex2sympy_unimportable() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import parse
+
+    lexer = _compat().upstream_file("gen.PSLexer")
+    try:
+        runtime = parse(version("antlr4-python3-runtime"))
+    except PackageNotFoundError:
+        return False
+    return lexer is not None and "by ANTLR 4.1" in lexer.read_text()[:200] and runtime < parse("4.10")
+
+
+@patch(
+    LATEX2SYMPY,
+    why="rlinf-latex2sympy2's lexer is generated by ANTLR 4.11 but hydra pins the 4.9 runtime: it fails while RLinf's math verifier imports it; a stand-in that raises lets the verifier's own parser fallbacks (parse_expr) grade",
+    module=_VERIFY,
+    applies=_latex2sympy_unimportable,
+)
+def _latex2sympy_standin() -> None:
+    if not _compat().before_exec(_VERIFY, _compat().latex2sympy_standin):
+        _compat().latex2sympy_standin()
