@@ -232,7 +232,10 @@ def megatron_logprobs(model, seqs: list[list[int]], device: str, fp32_lm_head: b
                 captured.clear()
                 logits = model(input_ids=ids, position_ids=pos, attention_mask=None)[0].float()
                 if fp32_lm_head:  # decoder output is [seq, batch, hidden], final norm applied
-                    logits = captured[-1][:, 0].float() @ model.shared_embedding_or_output_weight().float().T
+                    head = model.output_layer.weight  # None when tied: the embedding is the head
+                    if head is None:
+                        head = model.shared_embedding_or_output_weight()
+                    logits = captured[-1][:, 0].float() @ head.float().T
                 lp = torch.log_softmax(logits, -1)[:-1].gather(1, ids[0, 1:, None])[:, 0]
                 out.append(lp.double().cpu())
     finally:
