@@ -284,8 +284,8 @@ def imported_distributions() -> list[str]:
     pkgs = md.packages_distributions()
     found = set()
     for name, mod in list(sys.modules.items()):
-        if "." in name or not getattr(mod, "__file__", None):
-            continue
+        if "." in name or not (getattr(mod, "__file__", None) or getattr(mod, "__path__", None)):
+            continue  # builtins; namespace packages (megatron) have a __path__ only
         for dist in pkgs.get(name, []):
             with contextlib.suppress(md.PackageNotFoundError):
                 found.add(f"{dist}=={md.version(dist)}")
