@@ -702,3 +702,25 @@ def _latex2sympy_unimportable() -> bool:
 def _latex2sympy_standin() -> None:
     if not _compat().before_exec(_VERIFY, _compat().latex2sympy_standin):
         _compat().latex2sympy_standin()
+
+
+NO_PACKING_WITHOUT_TE = "rlinf.custom_forward:no-packing-without-TE"
+
+
+@patch(
+    NO_PACKING_WITHOUT_TE,
+    why="RLinf's Megatron forward always packs sequences (THD), which only Transformer Engine's attention runs; without TE, use RLinf's own unpacked path",
+    module=_MM,
+    applies=lambda: "pack_seqs=True" in _src(_MM) and not _compat().te_installed(),
+)
+def _no_packing_without_te() -> None:
+    def install(mm) -> None:
+        cls = mm.MegatronModelManager
+        fn = cls.__dict__["custom_forward"]
+        original = fn.__func__ if isinstance(fn, staticmethod) else fn
+        if not hasattr(original, "__rlinf_pangu_original__"):
+            cls.custom_forward = staticmethod(_compat().make_custom_forward(original))
+
+    after_import(_MM, install)
+
+STARTUP_PATCHES = STARTUP_PATCHES + (NO_PACKING_WITHOUT_TE,)

@@ -427,3 +427,50 @@ def latex2sympy_standin(_module=None) -> bool:
     sys.modules["latex2sympy2"] = mod
     log.info("latex2sympy2 replaced by a stand-in (%s)", reason)
     return True
+
+
+# --------------------------------------------------------------------------------------
+# Sequence packing needs Transformer Engine
+# --------------------------------------------------------------------------------------
+
+
+def te_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+class _CausalOnly:
+    """Calls the model without RLinf's 2-D padding mask (megatron-core's own attention wants a 4-D
+    one and builds the causal mask itself when given none). Exact here: RLinf's unpacked path
+    removes the left padding, so every row is right-padded and a valid token only ever attends to
+    valid tokens before it; padded positions are dropped afterwards."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        kwargs["attention_mask"] = None
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        from megatron.training.training import unwrap_model
+
+        return getattr(unwrap_model(self._model), name)
+
+
+def make_custom_forward(original: Callable) -> Callable:
+    """RLinf's ``custom_forward`` without sequence packing when Transformer Engine is absent.
+
+    RLinf packs every micro-batch into THD form (``packed_seq_params``); only TE's attention runs
+    that, megatron-core's own ``DotProductAttention`` asserts. RLinf's own unpacked path (left
+    padding removed) computes the same log-probs; its 2-D padding mask is left to TE too, so the
+    model is called causal-only (:class:`_CausalOnly`).
+    """
+
+    def custom_forward(model, *args, **kwargs):
+        kwargs["pack_seqs"] = False
+        return original(_CausalOnly(model), *args, **kwargs)
+
+    custom_forward.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return custom_forward

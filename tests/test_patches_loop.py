@@ -28,6 +28,7 @@ LOOP_PATCHES = [
     patches.RUNNER_LAST_STEP,
     patches.LOGPROB_GAP,
     patches.LATEX2SYMPY,
+    patches.NO_PACKING_WITHOUT_TE,
 ]
 
 
@@ -185,3 +186,17 @@ def test_math_verifier_grades_with_the_latex2sympy2_standin():
         "print(math_verify_call(['\\\\boxed{5}', '\\\\boxed{4}', '\\\\boxed{0.50}'], [['5'], ['5'], ['0.5']]))"
     )
     assert out == "[True, False, True]"
+
+
+def test_custom_forward_unpacked_without_te():
+    from rlinf_pangu.rlinf_compat import make_custom_forward
+
+    seen = {}
+
+    def original(model, **kwargs):
+        seen.update(kwargs)
+        return model(input_ids=1, attention_mask="2-D padding mask")
+
+    fwd = make_custom_forward(original)
+    assert fwd(lambda **k: k, pack_seqs=True) == {"input_ids": 1, "attention_mask": None}
+    assert seen["pack_seqs"] is False
