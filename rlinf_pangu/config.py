@@ -200,10 +200,40 @@ def ensure_checkpoint(cfg: DictConfig) -> Path:
         )
     from .make_checkpoint import make_checkpoint
 
+    import shutil
+    import tempfile
+
     overrides = OmegaConf.to_container(mk.overrides, resolve=True) or {}
     log.info("making a %s checkpoint (seed %d, %s) at %s", mk.preset, mk.seed, mk.dtype, path)
-    make_checkpoint(path, preset_name=mk.preset, seed=int(mk.seed), dtype=str(mk.dtype), overwrite=False, **overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:  # made and finished (prior included) aside, then renamed into place
+        tmp = make_checkpoint(staging / "ckpt", preset_name=mk.preset, seed=int(mk.seed), dtype=str(mk.dtype), **overrides)
+        prior = float(mk.get("answer_prior", 0.0) or 0.0)
+        if prior > 0:
+            from .answer_prior import apply_answer_prior
+
+            apply_answer_prior(tmp, prior, _chat_prompts(cfg, tmp))
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _chat_prompts(cfg: DictConfig, ckpt: Path, limit: int = 32) -> list[str]:
+    """The first training prompts as the model sees them (chat template applied)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    out = []
+    with open(cfg.data.train_data_paths[0]) as f:
+        for line in f:
+            prompt = json.loads(line)[cfg.data.prompt_key]
+            out.append(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                       if cfg.data.apply_chat_template else prompt)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _hf_config_json(path: Path) -> dict[str, Any]:
