@@ -196,6 +196,10 @@ class _CudaDeviceToCpu(torch.overrides.TorchFunctionMode):
         dev = kwargs.get("device")
         if dev is not None and "cuda" in str(dev):
             kwargs["device"] = "cpu"
+        if kwargs.get("pin_memory"):  # page-locked host memory needs the CUDA driver (offload buffers)
+            kwargs["pin_memory"] = False
+        if func is torch.Tensor.pin_memory:
+            return args[0]
         if func is torch.Tensor.to and len(args) > 1 and "cuda" in str(args[1]):
             args = (args[0], "cpu", *args[2:])
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
