@@ -97,6 +97,9 @@ def test_sglang_logprobs_match_actor_after_sync(run):
 
 
 def test_reward_is_graded_on_the_answer_part(run):
+    import rlinf_pangu
+
+    rlinf_pangu.register()  # RLinf's verifier imports latex2sympy2 (patched by register)
     from rlinf_pangu.reward import PanguMathReward, answer_for_grading
 
     samples = [json.loads(x) for x in (run["dir"] / "reward_samples.jsonl").read_text().splitlines() if x.strip()]
