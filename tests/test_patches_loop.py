@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from harness import fresh_env
 from rlinf_pangu import patches
 
 LOOP_PATCHES = [
@@ -33,7 +34,7 @@ LOOP_PATCHES = [
 
 
 def _fresh(code: str) -> str:
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=fresh_env())
     assert p.returncode == 0, p.stderr[-4000:]
     return p.stdout.strip().splitlines()[-1]
 

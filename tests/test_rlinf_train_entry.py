@@ -7,6 +7,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from harness import fresh_env
 from rlinf_pangu import rlinf_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_finder_steps_aside_when_rlinf_ships_its_own(tmp_path):
     # and in a fresh interpreter, RLinf's own module is the one that imports
     code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
             "import rlinf.train as t; print(getattr(t, 'OWN', False))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=fresh_env())
     assert p.stdout.strip() == "True", p.stderr[-2000:]
 
 

@@ -15,20 +15,13 @@ import sys
 import pytest
 import torch
 
+from harness import fresh_env
+
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> list[str]:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     return r.stdout.split("\n")
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment without anything rlinf_pangu.register() exported (a fresh shell)."""
-    from rlinf_pangu.boot import BOOT_DIR
-
-    env = {k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def child(tiny_fp32):
         "print('package', sorted((k, v.__module__) for k, v in import_model_classes('rlinf_pangu.sglang_ext', strict=True).items()))\n"
         "print('cpu patches applied', [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done])\n"
     )
-    return _python(code, env=_clean_env())
+    return _python(code, env=fresh_env())
 
 
 def test_exist_ok_patch_is_needed_and_lets_sglang_import(child):

@@ -8,6 +8,7 @@ Import it from a test module as ``from harness import run_ranks`` (``tests/`` is
 under pytest; the spawned ranks inherit that path).
 """
 
+from .fresh import fresh_env
 from .launcher import RankAssertionError, RankError, RankTimeout, free_port, run_ranks
 
-__all__ = ["run_ranks", "free_port", "RankError", "RankAssertionError", "RankTimeout"]
+__all__ = ["fresh_env", "run_ranks", "free_port", "RankError", "RankAssertionError", "RankTimeout"]
