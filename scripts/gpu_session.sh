@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/runs/: on a GPU host where the wheelhouse is installed
+# (scripts/install_wheelhouse.sh) and this repository is installed with `pip install --no-deps -e .`.
+#   bash scripts/gpu_session.sh OUT_DIR [grpo-tiny] [grpo-1b] [bench]
+# Each part writes its log (and results) to OUT_DIR; a failing part does not stop the next one.
+# A failing GRPO run is repeated once for one step with CUDA_LAUNCH_BLOCKING=1, so the log names
+# the CUDA call at fault rather than a later one.
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUT_DIR [parts...]}; shift
+parts=${*:-grpo-tiny}
+mkdir -p "$out"
+export TVM_FFI_DISABLE_TORCH_C_DLPACK=1 PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+runs=/tmp/rlp-runs
+
+grpo() {  # name config timeout [overrides...]
+  local name=$1 config=$2 limit=$3; shift 3
+  local t0=$SECONDS
+  timeout "$limit" "$py" -m rlinf.train --config "$config" runner.output_dir=$runs "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "[gpu] $name rc=$rc in $((SECONDS - t0)) s"
+  local dir; dir=$(ls -d $runs/*/ 2>/dev/null | tail -1)
+  for f in metrics.jsonl metrics.png; do
+    [ -n "$dir" ] && [ -f "$dir/$f" ] && cp "$dir/$f" "$out/$name.$f"
+  done
+  if [ $rc -ne 0 ]; then
+    tail -40 "$out/$name.log"
+    rm -rf $runs
+    CUDA_LAUNCH_BLOCKING=1 timeout 240 "$py" -m rlinf.train --config "$config" runner.output_dir=$runs \
+      "$@" runner.max_steps=1 >"$out/$name.blocking.log" 2>&1
+    echo "[gpu] $name (CUDA_LAUNCH_BLOCKING=1, 1 step) rc=$?"
+    grep -n -B5 -A25 "Error\|error:" "$out/$name.blocking.log" | head -120
+  fi
+  rm -rf $runs
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+for part in $parts; do
+  case $part in
+    grpo-tiny) grpo grpo_tiny examples/math/pangu-tiny-grpo-megatron.yaml 420 ;;
+    grpo-1b) grpo grpo_1b examples/math/pangu-1b-grpo-megatron.yaml 420 runner.max_steps=2 \
+        rollout.model.model_path=/tmp/pangu-1b-random pangu.make_checkpoint.enabled=true ;;
+    bench)
+      "$py" benchmarks/post_sync_parity.py --preset 7b --layers 8 --out "$out" >"$out/post_sync_7b8.log" 2>&1; tail -3 "$out/post_sync_7b8.log"
+      "$py" benchmarks/sglang_decode.py --out "$out" >"$out/sglang_decode.log" 2>&1; tail -3 "$out/sglang_decode.log" ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
