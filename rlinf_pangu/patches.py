@@ -425,6 +425,7 @@ def apply_sglang_cpu_patches() -> list[str]:
 _INIT = "rlinf.utils.initialize"
 _RUNNER = "rlinf.runners.reasoning_runner"
 _MWORKER = "rlinf.workers.megatron_worker"
+_CLUSTER = "rlinf.scheduler.cluster.cluster"
 _SGL_GATE = "rlinf.workers.rollout.sglang"
 _SGL_WORKER = "rlinf.workers.rollout.sglang.sglang_worker"
 _SGL_SCHED = "rlinf.hybrid_engines.sglang.common.sgl_scheduler"
@@ -568,6 +569,38 @@ def _scheduler_parallel_state() -> None:
     after_import(_SGL_SCHED, lambda m: _compat().add_parallel_state_properties(m.Scheduler))
 
 
+SGLANG_MEMORY_OCCUPATION = "rlinf.Scheduler:release/resume-routing"
+
+
+@patch(
+    SGLANG_MEMORY_OCCUPATION,
+    why="sglang 0.5.17 dispatches release/resume_memory_occupation to its weight updater, past RLinf's Scheduler overrides: RLinf never learns the weights were paused and syncs into unmapped memory (CUDA invalid argument)",
+    module=_SGL_SCHED,
+    applies=lambda: "def release_memory_occupation" in _src(_SGL_SCHED)
+    and "self.weight_updater.release_memory_occupation" in _src("sglang.srt.managers.scheduler")
+    and "def release_memory_occupation" not in _src("sglang.srt.managers.scheduler"),
+)
+def _route_memory_occupation() -> None:
+    after_import(_SGL_SCHED, lambda m: _compat().route_memory_occupation(m.Scheduler))
+
+
+RAY_STATE_WITHOUT_DASHBOARD = "rlinf.Cluster:failure-handler-without-dashboard"
+
+
+@patch(
+    RAY_STATE_WITHOUT_DASHBOARD,
+    why="RLinf's worker-failure handler lists actors through Ray's state API, which needs the dashboard the driver does not start: its ServerUnavailable buried the worker's real error",
+    module=_CLUSTER,
+    applies=lambda: "list_actors(" in _src(_CLUSTER),
+)
+def _failure_handler_without_dashboard() -> None:
+    def install(cl) -> None:
+        if not hasattr(cl.list_actors, "__rlinf_pangu_original__"):
+            cl.list_actors = _compat().make_list_actors(cl.list_actors)
+
+    after_import(_CLUSTER, install)
+
+
 DATASET_ENCODE = "rlinf.ReasoningDataset.encode_batch"
 
 
@@ -658,6 +691,7 @@ STARTUP_PATCHES = (
     SGLANG_COMMUNICATOR,
     SGLANG_SERVER_ARGS,
     SGLANG_PARALLEL_STATE,
+    SGLANG_MEMORY_OCCUPATION,
     VISION2SEQ,
 )
 

@@ -286,6 +286,59 @@ def add_parallel_state_properties(scheduler_cls: type) -> list[str]:
     return added
 
 
+def route_memory_occupation(rlinf_scheduler_cls: type) -> None:
+    """Send SGLang's release/resume requests through RLinf's Scheduler overrides again.
+
+    RLinf's overrides keep ``is_weight_offloaded`` (its weight sync resumes the weights only when
+    that flag says they were released) and call ``super()``; sglang 0.5.17 dispatches both
+    requests straight to ``self.weight_updater`` and its Scheduler has no such methods. Without
+    this the sync writes into paused (unmapped) weight memory: ``CUDA error: invalid argument``.
+    """
+    base = rlinf_scheduler_cls.__mro__[1]
+    for name in ("release_memory_occupation", "resume_memory_occupation"):
+        if not hasattr(base, name):
+            setattr(base, name, lambda self, req, _n=name: getattr(self.weight_updater, _n)(req))
+    original = rlinf_scheduler_cls.__init__
+    if hasattr(original, "__rlinf_pangu_original__"):
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        reroute_memory_requests(self)
+
+    __init__.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    rlinf_scheduler_cls.__init__ = __init__
+
+
+def reroute_memory_requests(scheduler) -> None:
+    """Point this scheduler's release/resume requests at its own (RLinf's) methods."""
+    from sglang.srt.managers.io_struct import ReleaseMemoryOccupationReqInput, ResumeMemoryOccupationReqInput
+
+    mapping = scheduler._request_dispatcher._mapping
+    mapping[ReleaseMemoryOccupationReqInput] = scheduler.release_memory_occupation
+    mapping[ResumeMemoryOccupationReqInput] = scheduler.resume_memory_occupation
+
+
+def make_list_actors(original: Callable) -> Callable:
+    """Ray's ``list_actors``, or no actors when the state API (the dashboard) is not running.
+
+    RLinf's SIGUSR1 handler kills the listed actors, then shuts Ray down, which ends every actor
+    this driver created anyway; listing nothing lets it reach that and its exit message.
+    """
+
+    def list_actors(*args, **kwargs):
+        from ray.util.state.exception import ServerUnavailable
+
+        try:
+            return original(*args, **kwargs)
+        except ServerUnavailable:
+            log.warning("Ray's state API is not running (no dashboard): leaving actor clean-up to ray.shutdown()")
+            return []
+
+    list_actors.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return list_actors
+
+
 # --------------------------------------------------------------------------------------
 # Datasets (rlinf-compat #12) and transformers 5 (rlinf-compat #2)
 # --------------------------------------------------------------------------------------

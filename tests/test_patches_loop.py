@@ -30,6 +30,8 @@ LOOP_PATCHES = [
     patches.LOGPROB_GAP,
     patches.LATEX2SYMPY,
     patches.NO_PACKING_WITHOUT_TE,
+    patches.SGLANG_MEMORY_OCCUPATION,
+    patches.RAY_STATE_WITHOUT_DASHBOARD,
 ]
 
 
@@ -201,3 +203,51 @@ def test_custom_forward_unpacked_without_te():
     fwd = make_custom_forward(original)
     assert fwd(lambda **k: k, pack_seqs=True) == {"input_ids": 1, "attention_mask": None}
     assert seen["pack_seqs"] is False
+
+
+def test_rlinf_scheduler_resumes_the_weights_it_released():
+    # sglang 0.5.17 builds its dispatcher with release/resume going to its weight updater; RLinf's
+    # Scheduler overrides must see them, or its sync never resumes paused weights (on the GPU:
+    # "CUDA error: invalid argument" in the first load). The updater stands in for SGLang's
+    # SchedulerWeightUpdaterManager (which needs a running model); RLinf's own methods run.
+    import rlinf_pangu
+
+    rlinf_pangu.register()
+    from rlinf.hybrid_engines.sglang.common.sgl_scheduler import Scheduler
+    from sglang.srt.managers.io_struct import ReleaseMemoryOccupationReqInput, ResumeMemoryOccupationReqInput
+    from sglang.utils import TypeBasedDispatcher
+
+    from rlinf_pangu.rlinf_compat import reroute_memory_requests
+
+    calls = []
+
+    class Updater:
+        def release_memory_occupation(self, req):
+            calls.append("release")
+
+        def resume_memory_occupation(self, req):
+            calls.append("resume")
+
+    s = object.__new__(Scheduler)
+    s.weight_updater, s.is_weight_offloaded, s.weight_reload = Updater(), False, "sync"
+    s._request_dispatcher = TypeBasedDispatcher([
+        (ReleaseMemoryOccupationReqInput, s.weight_updater.release_memory_occupation),
+        (ResumeMemoryOccupationReqInput, s.weight_updater.resume_memory_occupation),
+    ])
+    reroute_memory_requests(s)
+    s._request_dispatcher(ReleaseMemoryOccupationReqInput())
+    assert s.is_weight_offloaded and calls == ["release"]  # what RLinf's sync_hf_weight checks
+    s._request_dispatcher(ResumeMemoryOccupationReqInput())
+    assert not s.is_weight_offloaded and calls == ["release", "resume"]
+
+
+def test_failure_handler_lists_no_actors_without_the_dashboard():
+    from ray.util.state.exception import ServerUnavailable
+
+    from rlinf_pangu.rlinf_compat import make_list_actors
+
+    def no_dashboard(*args, **kwargs):
+        raise ServerUnavailable("Failed to connect to API server")
+
+    assert make_list_actors(no_dashboard)(filters=[]) == []
+    assert make_list_actors(lambda **kw: ["a"])(filters=[]) == ["a"]
