@@ -46,17 +46,9 @@ def sync(device: str) -> None:
 
 def load_hf_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of an HF checkpoint dir (sharded safetensors), minus RoPE buffers."""
-    from safetensors.torch import load_file
+    from rlinf_pangu.hf.checkpoint import load_tensors
 
-    from rlinf_pangu.layout import ROTARY_INV_FREQ
-
-    ckpt = Path(ckpt)
-    index = ckpt / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        out.update(load_file(str(ckpt / f)))
-    return {k: v for k, v in out.items() if not ROTARY_INV_FREQ.search(k)}
+    return load_tensors(ckpt)
 
 
 def hf_config(ckpt: str | Path):

@@ -93,51 +93,61 @@ def _mod(name: str):
 # ======================================================================================
 
 
-class _PostImportHooks(importlib.abc.MetaPathFinder):
-    """Runs callbacks right after a module executes, for patches on modules too heavy to import
-    at ``register()`` time (RLinf's Megatron model manager pulls in megatron.training; SGLang
-    scheduler processes call ``register()`` too and never need it)."""
+class _ImportHooks(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after (or, with ``before=True``, right before) a module executes.
 
-    def __init__(self) -> None:
+    After: patches on modules too heavy to import at ``register()`` time (RLinf's Megatron model
+    manager pulls in megatron.training; SGLang scheduler processes call ``register()`` too and
+    never need it). Before: fixes a module's import-time failures (``rlinf_compat.before_exec``).
+    """
+
+    def __init__(self, before: bool = False) -> None:
         self.pending: dict[str, list[Callable]] = {}
+        self.before = before
+        self._resolving: set[str] = set()  # two hook finders ask each other once, not forever
 
     def find_spec(self, fullname, path=None, target=None):
-        hooks = self.pending.get(fullname)
-        if not hooks:
+        if not self.pending.get(fullname) or fullname in self._resolving:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None:
-            return spec
+        self._resolving.add(fullname)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._resolving.discard(fullname)
         # find_spec alone (importlib.util.find_spec) must not use the hooks up: they are taken
         # when the module actually executes.
-        spec.loader = _HookedLoader(spec.loader, self.pending, fullname)
+        if spec.loader is not None:
+            spec.loader = _HookedLoader(spec.loader, self.pending, fullname, self.before)
         return spec
 
 
 class _HookedLoader(importlib.abc.Loader):
-    def __init__(self, inner, pending: dict[str, list[Callable]], name: str) -> None:
-        self._inner, self._pending, self._name = inner, pending, name
+    def __init__(self, inner, pending: dict[str, list[Callable]], name: str, before: bool) -> None:
+        self._inner, self._pending, self._name, self._before = inner, pending, name, before
 
     def create_module(self, spec):
         return self._inner.create_module(spec)
 
     def exec_module(self, module) -> None:
-        self._inner.exec_module(module)
+        if not self._before:
+            self._inner.exec_module(module)
         for fn in self._pending.pop(self._name, []):
             fn(module)
+        if self._before:
+            self._inner.exec_module(module)
 
     def __getattr__(self, name):  # get_source, get_filename, ... for inspect and tracebacks
         return getattr(self._inner, name)
 
 
-_POST_IMPORT = _PostImportHooks()
+_POST_IMPORT = _ImportHooks()
 
 
 def after_import(module: str, fn: Callable) -> None:

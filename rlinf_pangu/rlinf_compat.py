@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .patches import _HookedLoader, _ImportHooks
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------
@@ -49,45 +51,7 @@ def upstream_source(module: str) -> str:
     return path.read_text() if path is not None else ""
 
 
-class _PreExecHooks(importlib.abc.MetaPathFinder):
-    """Runs callbacks right *before* a module's code executes (first on ``sys.meta_path``)."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, list[Callable[[Any], None]]] = {}
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.pending:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None:
-            spec.loader = _PreExecLoader(spec.loader, self.pending, fullname)
-        return spec
-
-
-class _PreExecLoader(importlib.abc.Loader):
-    def __init__(self, inner, pending: dict[str, list[Callable[[Any], None]]], name: str) -> None:
-        self._inner, self._pending, self._name = inner, pending, name
-
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        for fn in self._pending.pop(self._name, []):
-            fn(module)
-        self._inner.exec_module(module)
-
-    def __getattr__(self, name):  # get_source, get_filename, ... for inspect and tracebacks
-        return getattr(self._inner, name)
-
-
-_PRE_EXEC = _PreExecHooks()
+_PRE_EXEC = _ImportHooks(before=True)
 
 
 def before_exec(module: str, fn: Callable[[Any], None]) -> bool:
@@ -182,6 +146,8 @@ def widen_sglang_gate(module) -> None:
     source = source.replace(RLINF_SGLANG_BOUND, f'package_version <= parse("{SGLANG_SUPPORTED[1]}")')
     module.__rlinf_pangu_source__ = source
     loader = module.__spec__.loader
+    while isinstance(getattr(loader, "_inner", None), _HookedLoader):  # hook loaders wrap each other
+        loader = loader._inner
     loader_inner = getattr(loader, "_inner", loader)
 
     class _Rewritten(importlib.abc.Loader):
@@ -198,8 +164,8 @@ def widen_sglang_gate(module) -> None:
             return getattr(loader_inner, name)
 
     rewritten = _Rewritten()
-    # _PreExecLoader runs its inner loader after this callback: point it at the rewritten source.
-    if isinstance(loader, _PreExecLoader):
+    # the hook loader runs its inner loader after this callback: point it at the rewritten source.
+    if isinstance(loader, _HookedLoader):
         loader._inner = rewritten
 
 

@@ -24,18 +24,10 @@ BUCKET_LAYERS = 1.5
 
 
 def load_hf_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF checkpoint dir (sharded safetensors), by name."""
-    from safetensors.torch import load_file
+    """Every tensor of an HF checkpoint dir (sharded safetensors), minus RoPE buffers."""
+    from rlinf_pangu.hf.checkpoint import load_tensors
 
-    ckpt = Path(ckpt)
-    index = ckpt / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        out.update(load_file(str(ckpt / f)))
-    from rlinf_pangu.layout import ROTARY_INV_FREQ
-
-    return {k: v for k, v in out.items() if not ROTARY_INV_FREQ.search(k)}
+    return load_tensors(ckpt)
 
 
 def hf_config(ckpt: str | Path):

@@ -251,3 +251,18 @@ def test_failure_handler_lists_no_actors_without_the_dashboard():
 
     assert make_list_actors(no_dashboard)(filters=[]) == []
     assert make_list_actors(lambda **kw: ["a"])(filters=[]) == ["a"]
+
+
+def test_before_and_after_import_hooks_on_one_module_both_run(tmp_path, monkeypatch):
+    # the pre-exec hooks (import-time fixes) and the post-import hooks (patches) are two finders
+    # that consult each other: one module with both gets both, in order, without recursion
+    from rlinf_pangu.rlinf_compat import before_exec
+
+    (tmp_path / "rlp_hooked_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    assert before_exec("rlp_hooked_mod", lambda m: seen.append(("before", hasattr(m, "X"))))
+    patches.after_import("rlp_hooked_mod", lambda m: seen.append(("after", m.X)))
+    import rlp_hooked_mod  # noqa: F401
+
+    assert seen == [("before", False), ("after", 1)]

@@ -86,3 +86,17 @@ def validate_hf_dir(path: str | Path, dims: PanguDims) -> dict[str, tuple[tuple[
                 continue  # some tied exports still write the (identical) head
             raise PanguCheckpointError(f"unexpected tensor {name!r} in {fname}: not part of a Pangu model with this config")
     return found
+
+
+def load_tensors(path: str | Path) -> dict:
+    """Every weight of an HF checkpoint dir in memory (sharded or single file), RoPE buffers dropped.
+
+    For small checkpoints (tests, benchmarks, references); conversion streams instead.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    out: dict = {}
+    for file in sorted(set(weight_map(path).values())):
+        out.update(load_file(str(path / file)))
+    return {k: v for k, v in out.items() if not ROTARY_INV_FREQ.search(k)}
