@@ -209,7 +209,7 @@ def _plan_stage(ckpt: HFCheckpoint, stage: Stage, tp: int, norm_names: str) -> l
     items = []
     for m, layer in stage_mappings(ckpt.dims, stage.layers, stage.first, stage.last):
         metas = [ckpt.meta(n) for n in m.hf_names(layer)]
-        shapes = {tuple(m.shard(metas, ckpt.dims, r, tp).shape) for r in range(tp)}
+        shapes = {m.shard_shape(metas, ckpt.dims, r, tp) for r in range(tp)}
         if len(shapes) != 1:
             raise ConversionError(f"{m.megatron_name(layer)} splits unevenly over TP={tp}: {sorted(shapes)}")
         items.append(_Item(stage.key, _megatron_name(m, layer, stage, norm_names), m, layer, shapes.pop()))

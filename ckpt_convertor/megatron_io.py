@@ -123,24 +123,23 @@ class RankFileWriter:
 
     def __init__(self, path: Path, plan: dict[str, Sequence[tuple[str, tuple[int, ...], torch.dtype]]],
                  iteration: int = 0):
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         self.path = path
-        mode = FakeTensorMode()
         state: dict[str, Any] = {}
         self._slots: dict[tuple[str, str], tuple[int, int, tuple[int, ...], torch.dtype]] = {}
         order: list[tuple[str, str, tuple[int, ...], torch.dtype]] = []
-        with mode:
-            for key, entries in plan.items():
-                sd: OrderedDict[str, torch.Tensor] = OrderedDict()
-                for name, shape, dtype in entries:
-                    sd[name] = torch.empty(tuple(shape), dtype=dtype)
-                    order.append((key, name, tuple(shape), dtype))
-                state[key] = sd
+        # The skeleton: torch.save of uninitialised CPU tensors with skip_data (their bytes are
+        # neither written nor read, so the untouched pages never become resident). Fake tensors
+        # would do too, but FakeTensorMode imports torch._dynamo: 1.6 s per conversion.
+        for key, entries in plan.items():
+            sd: OrderedDict[str, torch.Tensor] = OrderedDict()
+            for name, shape, dtype in entries:
+                sd[name] = torch.empty(tuple(shape), dtype=dtype)
+                order.append((key, name, tuple(shape), dtype))
+            state[key] = sd
         state["checkpoint_version"] = CHECKPOINT_VERSION
         state["iteration"] = iteration
         path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.serialization.skip_data(materialize_fake_tensors=True):
+        with torch.serialization.skip_data():
             torch.save(state, path)
         del state
         # torch.save numbers storages in the order it pickles them: dict order, tensor by tensor.

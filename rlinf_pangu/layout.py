@@ -184,6 +184,15 @@ class ParamMapping:
         """This TP rank's Megatron tensor from the HF tensors (a new tensor, not a view)."""
         return torch.cat([p.contiguous() for p in self.shard_parts(tensors, dims, tp_rank, tp)], 0)
 
+    def shard_shape(self, tensors: Sequence[torch.Tensor], dims: PanguDims, tp_rank: int, tp: int) -> tuple[int, ...]:
+        """The shape :meth:`shard` returns, from the pieces' shapes alone (planning on meta tensors:
+        ``torch.cat`` of meta tensors goes through a decomposition that imports torch._dynamo, 1.6 s)."""
+        parts = self.shard_parts(tensors, dims, tp_rank, tp)
+        tails = {tuple(p.shape[1:]) for p in parts}
+        if len(tails) != 1:
+            raise ValueError(f"{self.megatron}: pieces disagree past dim 0: {sorted(tails)}")
+        return (sum(p.shape[0] for p in parts), *tails.pop())
+
     def shard_parts(self, tensors: Sequence[torch.Tensor], dims: PanguDims, tp_rank: int, tp: int) -> list[torch.Tensor]:
         """This TP rank's Megatron tensor as pieces whose concatenation along dim 0 is :meth:`shard`.
 

@@ -98,3 +98,17 @@ def test_only_safetensors_and_json_are_read_and_no_checkpoint_code_runs(tmp_path
     assert not (tmp_path / "mg" / "hf_meta" / "pytorch_model.bin").exists()
     side = json.loads((tmp_path / "mg" / "rlinf_pangu_ckpt.json").read_text())
     assert side["tp"] == 1 and side["pp"] == 1
+
+
+def test_conversion_does_not_import_torch_dynamo(tmp_path):
+    # planning and the rank-file skeleton stay off torch.cat-on-meta and FakeTensorMode, which
+    # import torch._dynamo (1.6 s of every conversion, measured with -X importtime)
+    hf = write_hf(tmp_path / "hf")
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['ckpt_convertor', 'hf-to-megatron', '--hf', {str(hf)!r}, '--out', {str(tmp_path / 'mg')!r},"
+            " '--tp', '2', '--pp', '2', '--no-progress']\n"
+            "try:\n    runpy.run_module('ckpt_convertor', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e\n"
+            "print('torch._dynamo' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "False"

@@ -84,3 +84,15 @@ def test_tied_model_has_no_output_layer():
 def test_parallel_layout_errors_name_the_field(tp, pp, field):
     with pytest.raises(L.LayoutError, match=field):
         _dims().check_parallel(tp, pp)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_shard_shape_is_the_shape_of_the_shard_without_building_it(tp):
+    # the converter plans every rank file from shard_shape on meta tensors (no torch.cat there)
+    dims = _dims(num_hidden_layers=1)
+    hf = _random_hf(dims)
+    for m, layer in L.stage_mappings(dims, range(dims.num_hidden_layers), True, True):
+        tensors = [hf[n] for n in m.hf_names(layer)]
+        metas = [t.to("meta") for t in tensors]
+        for r in range(tp):
+            assert m.shard_shape(metas, dims, r, tp) == tuple(m.shard(tensors, dims, r, tp).shape), m.megatron
