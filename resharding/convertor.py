@@ -10,19 +10,28 @@ parameter, plus the Transformer Engine spelling of the two norms from
 :data:`~rlinf_pangu.layout.NORM_ALIASES`), so the sync cannot drift from the checkpoint
 converter or the SGLang loader. What Pangu adds over RLinf's Qwen2.5 rules: the o_proj bias
 (``linear_proj.bias``) and the local-spec norm names, both of which come straight from the table.
+
+The rules decide names and transforms; :meth:`PanguConvertor.convert` then performs each
+transform as strided views (``rlinf_pangu.layout.unfuse_views``, the same split RLinf's
+``TransformFunc`` makes, checked bit for bit against it) copied once into one flat buffer per
+bucket (:mod:`resharding.pack`). RLinf's own functions copy every tensor two or three times and
+give each its own storage, which the rollout then has to open as a separate CUDA IPC handle.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping
 
 import torch
 from rlinf.utils.convertor.utils import BaseConvertor, ConvertorRule, TransformType
 
-from rlinf_pangu.layout import LAYOUT, NORM_ALIASES, Fuse, ParamMapping
+from rlinf_pangu.layout import LAYOUT, NORM_ALIASES, Fuse, ParamMapping, unfuse_views
 
-__all__ = ["PanguConvertor", "convert_mega_pangu_to_hf", "build_rules", "TRANSFORM_FOR_FUSE"]
+from .pack import pack
+
+__all__ = ["PanguConvertor", "convert_mega_pangu_to_hf", "build_rules", "TRANSFORM_FOR_FUSE", "FUSE_FOR_TRANSFORM"]
 
 #: How each layout fusion is undone by RLinf's TransformFunc machinery.
 TRANSFORM_FOR_FUSE: dict[Fuse, TransformType] = {
@@ -30,6 +39,8 @@ TRANSFORM_FOR_FUSE: dict[Fuse, TransformType] = {
     Fuse.QKV: TransformType.SPLIT_QKV,
     Fuse.GATE_UP: TransformType.SPLIT_FC1,
 }
+
+FUSE_FOR_TRANSFORM: dict[TransformType, Fuse] = {t: f for f, t in TRANSFORM_FOR_FUSE.items()}
 
 _LAYER_GROUP = r"(?P<i>\d+)"
 
@@ -57,13 +68,49 @@ class PanguConvertor(BaseConvertor):
     """RLinf's ``_MG2HF_CONVERTOR_REGISTRY`` entry for model_type ``pangu``.
 
     ``config`` is RLinf's ``ReshardConfig`` (``model_config`` = the actor's TransformerConfig,
-    ``reshard_tp_size`` = the rollout TP): RLinf's QKV and fc1 splits read both.
-    Tied embeddings: a last pipeline stage's ``output_layer.weight`` still maps to
-    ``lm_head.weight``, which SGLang's Pangu class skips for a tied model.
+    ``reshard_tp_size`` = the rollout TP). Tied embeddings: a last pipeline stage's
+    ``output_layer.weight`` still maps to ``lm_head.weight``, which SGLang's Pangu class skips
+    for a tied model.
+
+    The packing is the sync's one copy, so when RLinf builds this convertor for a
+    ``ReshardConfig`` that has no TP reshard function yet (its ``__post_init__`` builds the
+    convertor first), it pairs it with the reshard that does not copy again
+    (``tp_reshard_fn_pangu(copy=False)``). Without this convertor (``reshard_weights_format:
+    mcore``, or a caller's own ``convert_fn``) RLinf picks the copying reshard as before.
     """
+
+    def __init__(self, config, strict: bool = False):
+        super().__init__(config, strict)
+        mc = config.model_config
+        heads = mc.num_attention_heads
+        groups = mc.num_query_groups or heads
+        rollout_tp = getattr(config, "reshard_tp_size", 1)
+        self._kv_groups = groups // rollout_tp
+        self._q_per_group = heads // groups
+        self._head_dim = mc.kv_channels or mc.hidden_size // heads
+        self._stacked = mc.tensor_model_parallel_size // rollout_tp
+        if getattr(config, "tp_reshard_fn", False) is None:
+            from .reshard import tp_reshard_fn_pangu
+
+            config.tp_reshard_fn = functools.partial(tp_reshard_fn_pangu, copy=False)
 
     def build_rules(self) -> list[ConvertorRule]:
         return build_rules()
+
+    def convert(self, state_dict: dict) -> dict[str, torch.Tensor]:
+        """Megatron tensors of one bucket -> HF-named tensors, all views of one new buffer."""
+        pieces = []
+        for name, tensor in state_dict.items():
+            mapped = self.map_name(name)
+            if mapped is None:
+                if self.strict:
+                    raise KeyError(f"Unmapped key {name}")
+                continue
+            transform, targets = mapped
+            views = unfuse_views(FUSE_FOR_TRANSFORM[transform], tensor, self._kv_groups, self._q_per_group,
+                                 self._head_dim, self._stacked, name=name)
+            pieces += [(hf, view, shape) for hf, (view, shape) in zip(targets, views, strict=True)]
+        return pack(pieces)
 
 
 def convert_mega_pangu_to_hf(state_dict: Mapping[str, torch.Tensor], config: Any, strict: bool = True) -> dict[str, torch.Tensor]:

@@ -39,21 +39,32 @@ def is_vocab_parallel(mapping: ParamMapping) -> bool:
     return mapping.tp_dim is not None and mapping.placement is not Placement.LAYER
 
 
-def _gather_cat(tensor: torch.Tensor, dim: int, world: int, group) -> torch.Tensor:
+def _gather_cat(tensor: torch.Tensor, dim: int, world: int, group, copy: bool = True) -> torch.Tensor:
+    """The ``world`` ranks' shards concatenated along ``dim``: one all-gather into the result
+    (dim 0), or into ``[world, ...]`` and one transpose copy (dim 1)."""
     if world == 1:
-        return tensor.clone()
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+        return tensor.clone() if copy else tensor
+    src = tensor.contiguous()
+    if dim == 0:
+        out = torch.empty((world * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
+        dist.all_gather_into_tensor(out, src, group=group)
+        return out
+    parts = torch.empty((world * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
+    dist.all_gather_into_tensor(parts, src, group=group)
+    return torch.cat(parts.chunk(world, 0), dim)
 
 
-def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor: int, tp_group) -> dict[str, torch.Tensor]:
+def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor: int, tp_group, *, copy: bool = True) -> dict[str, torch.Tensor]:
     """Actor TP shards -> this rank's rollout TP shard, per the Pangu layout.
 
     The fused tensors stay in Megatron's per-rank form (QKV grouped per query group, fc1 as
     ``[gate_r; up_r]`` per actor rank, concatenated): RLinf's ``SPLIT_QKV``/``SPLIT_FC1``
     transforms in the convertor expect exactly that. Raises ``LayoutError`` naming any tensor
     that is not part of Pangu.
+
+    ``copy=False`` returns this rank's own parameters (not gathered, not cut) as they are:
+    only for a convertor that copies everything it is given (``PanguConvertor`` packs), which
+    pairs itself with this variant. RLinf's default, ``copy=True``, hands out new tensors.
     """
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -62,14 +73,14 @@ def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor:
     for name, tensor in model_state_dict.items():
         mapping, _ = mapping_for_megatron_name(name)
         if mapping.tp_dim is None:
-            out[name] = tensor.clone()
+            out[name] = tensor.clone() if copy else tensor
         elif is_vocab_parallel(mapping) and rollout_tp > 1 and not vocab_split_lines_up(tensor.shape[0] * tp, rollout_tp):
             full = _gather_cat(tensor, 0, tp, parallel_state.get_tensor_model_parallel_group())
             lo, hi = sglang_vocab_rows(full.shape[0], rollout_tp, rollout_rank)
-            out[name] = full[lo:hi].clone()
+            out[name] = full[lo:hi].clone() if copy else full[lo:hi]
             del full
         else:
-            out[name] = _gather_cat(tensor, mapping.tp_dim, merge_factor, tp_group)
+            out[name] = _gather_cat(tensor, mapping.tp_dim, merge_factor, tp_group, copy)
     return out
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "mapping_for_megatron_name",
     "hf_to_megatron_shard",
     "megatron_to_hf",
+    "unfuse_views",
     "merge_tp_shards",
     "split_tp",
     "LayoutError",
@@ -224,18 +225,43 @@ class ParamMapping:
         return torch.cat(list(shards), self.tp_dim)
 
     def unfuse(self, full: torch.Tensor, dims: PanguDims) -> list[torch.Tensor]:
-        """The TP-merged Megatron tensor -> HF tensors (in ``self.hf`` order)."""
-        if self.fuse is Fuse.COPY:
-            return [full]
-        if self.fuse is Fuse.QKV:
-            ng, qpg, hd = dims.num_key_value_heads, dims.q_per_group, dims.head_dim
-            tail = full.shape[1:]
-            g = full.reshape(ng, (qpg + 2) * hd, *tail)
-            q, k, v = torch.split(g, [qpg * hd, hd, hd], dim=1)
-            return [t.reshape(-1, *tail).contiguous() for t in (q, k, v)]
-        if self.fuse is Fuse.GATE_UP:
-            return [t.contiguous() for t in full.chunk(2, 0)]
-        raise AssertionError(self.fuse)
+        """The TP-merged Megatron tensor -> HF tensors (in ``self.hf`` order), each a new tensor."""
+        views = unfuse_views(self.fuse, full, dims.num_key_value_heads, dims.q_per_group, dims.head_dim, name=self.megatron)
+        return [v.contiguous().reshape(shape) for v, shape in views]
+
+
+def unfuse_views(
+    fuse: Fuse, tensor: torch.Tensor, kv_groups: int, q_per_group: int, head_dim: int,
+    stacked: int = 1, name: str = "tensor",
+) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    """The HF pieces of a (possibly TP-sharded) Megatron tensor as strided views, no copy.
+
+    Each piece comes as ``(view, hf_shape)``: the view's row-major order is the HF tensor's, but
+    its shape keeps the dims the split needs (q is every KV group's first rows, so no 2-D view of
+    it exists). A consumer copies each view once, into storage of ``hf_shape``
+    (``dst.view(view.shape).copy_(view)``); that is how the weight sync packs a bucket.
+
+    ``tensor`` holds ``kv_groups`` whole KV groups ``[q heads; k; v]`` (QKV), or ``stacked`` actor
+    TP shards ``[gate_r; up_r]`` one after another (fc1, as RLinf's TP gather concatenates them;
+    1 for the TP-merged tensor, which is ``[gate; up]``).
+    """
+    if fuse is Fuse.COPY:
+        return [(tensor, tuple(tensor.shape))]
+    tail = tuple(tensor.shape[1:])
+    try:
+        if fuse is Fuse.QKV:
+            g = tensor.reshape(kv_groups, q_per_group + 2, head_dim, *tail)
+            q, k, v = g[:, :q_per_group], g[:, q_per_group : q_per_group + 1], g[:, q_per_group + 1 :]
+            return [(q, (kv_groups * q_per_group * head_dim, *tail)), (k, (kv_groups * head_dim, *tail)), (v, (kv_groups * head_dim, *tail))]
+        if fuse is Fuse.GATE_UP:
+            f = tensor.reshape(stacked, 2, -1, *tail)
+            half = (stacked * f.shape[2], *tail)
+            return [(f[:, 0], half), (f[:, 1], half)]
+    except RuntimeError as e:
+        want = (f"{kv_groups} KV groups of ({q_per_group} q + k + v) x {head_dim} rows" if fuse is Fuse.QKV
+                else f"{stacked} [gate; up] shard(s) of equal halves")
+        raise LayoutError(f"{name}: shape {tuple(tensor.shape)} does not hold {want}") from e
+    raise AssertionError(fuse)
 
 
 LAYOUT: tuple[ParamMapping, ...] = (

@@ -97,8 +97,9 @@ def gloo_reshard_subgroups() -> None:
     ps.create_group = create_group
 
 
-def build_megatron(ckpt: str, tp: int, pp: int):
-    """A Pangu GPTModel stage (fp32, local spec) holding this rank's shard of the HF checkpoint."""
+def build_megatron(ckpt: str, tp: int, pp: int, device: str = "cpu"):
+    """A Pangu GPTModel stage (fp32, local spec) holding this rank's shard of the HF checkpoint,
+    on ``device`` (a GPU rank's own GPU: "cuda")."""
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
     from megatron.core.models.gpt import GPTModel
@@ -129,7 +130,14 @@ def build_megatron(ckpt: str, tp: int, pp: int):
     missing, unexpected = model.load_state_dict(shard, strict=False)
     missing = [k for k in missing if "_extra_state" not in k]
     assert not missing and not unexpected, (missing, unexpected)
-    return model, tc, cfg
+    return model.to(device), tc, cfg
+
+
+def aliases_params(synced: dict[str, torch.Tensor], model) -> list[str]:
+    """Synced tensors that share memory with a live parameter (the rollout would see the actor's
+    later updates, or freed memory after an offload)."""
+    live = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sorted(k for k, t in synced.items() if t.untyped_storage().data_ptr() in live)
 
 
 def layer_bytes(model) -> int:
@@ -148,7 +156,8 @@ def run_sync(model, tc, rollout_tp: int, capacity: int, convert_fn=None) -> tupl
     from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
     from rlinf.utils.resharding.reshard_config import ReshardConfig
 
-    gloo_reshard_subgroups()
+    if next(model.parameters()).device.type == "cpu":
+        gloo_reshard_subgroups()
     kw = {} if convert_fn is None else {"convert_fn": convert_fn}
     cfg = ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, bucket_capacity=capacity, **kw)
     reshard = MegatronCoreWeightReshard(cfg)
@@ -169,22 +178,24 @@ def megatron_logprobs(model, tokens: list[int]) -> torch.Tensor:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
 
-    ids = torch.tensor([tokens])
-    pos = torch.arange(len(tokens)).unsqueeze(0)
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokens], device=device)
+    pos = torch.arange(len(tokens), device=device).unsqueeze(0)
     with torch.no_grad():
         logits = model(input_ids=ids, position_ids=pos, attention_mask=None)
         if ps.get_tensor_model_parallel_world_size() > 1:
             logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
     lp = torch.log_softmax(logits[0].float(), -1)
-    return lp[:-1].gather(1, ids[0, 1:, None])[:, 0]
+    return lp[:-1].gather(1, ids[0, 1:, None])[:, 0].cpu()
 
 
 def optimizer_step(model, tokens: list[int], lr: float = 2e-2) -> float:
     """One Adam step on Megatron's own per-token loss (TP > 1 keeps replicated params in sync:
     without sequence parallelism their gradients are identical on every TP rank)."""
-    ids = torch.tensor([tokens[:-1]])
-    labels = torch.tensor([tokens[1:]])
-    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokens[:-1]], device=device)
+    labels = torch.tensor([tokens[1:]], device=device)
+    pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss = model(input_ids=ids, position_ids=pos, attention_mask=None, labels=labels).float().mean()
     loss.backward()
@@ -208,7 +219,7 @@ def layer_split_across_buckets(bucket_keys: list[list[str]]) -> bool:
 def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: str) -> list[dict]:
     """Run each phase on this rank; check every sync output bit for bit against the reference.
 
-    A phase is ``{"tp", "pp", "rollout_tps", "save"?, "step_tokens"?, "seq"?}`` or
+    A phase is ``{"tp", "pp", "rollout_tps", "save"?, "step_tokens"?, "seq"?, "device"?}`` or
     ``{"sglang_tp2": True}`` (:func:`sglang_presharded_rank` on the saved rollout-TP-2 output): build the
     Megatron stage from the checkpoint, sync it through RLinf to each rollout TP, compare with
     :func:`rollout_reference`. ``save`` writes this rank's rollout-TP-2 output to ``out_dir``.
@@ -227,18 +238,21 @@ def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: st
             results.append(sglang_presharded_rank(rank, world, ckpt, [str(Path(out_dir) / f"rollout_tp2_rank{r}.pt") for r in range(world)]))
             continue
         tp, pp = phase["tp"], phase["pp"]
-        model, tc, cfg = build_megatron(ckpt, tp, pp)
+        model, tc, cfg = build_megatron(ckpt, tp, pp, phase.get("device", "cpu"))
         capacity = int(layer_bytes(model) * BUCKET_LAYERS)
         for rtp in phase["rollout_tps"]:
             keys, outs = run_sync(model, tc, rtp, capacity)
             got: dict[str, torch.Tensor] = {}
             for o in outs:
                 got.update(o)
+            aliased = aliases_params(got, model)
+            got = {k: v.cpu() for k, v in got.items()}
             rr = rollout_rank_of(tp, rtp)
             want = rollout_reference(hf, cfg, rtp, rr)
             results.append({
                 "tp": tp, "pp": pp, "rollout_tp": rtp, "rank": rank, "rollout_rank": rr,
                 "mismatches": compare_exact(got, want), "n_tensors": len(got),
+                "aliases_params": aliased, "device": str(next(model.parameters()).device),
                 "n_buckets": len(keys), "split_layer": layer_split_across_buckets(keys),
             })
             if rtp == 2 and phase.get("save"):
@@ -304,9 +318,9 @@ def two_rank_megatron_run(ckpt, tmp_path_factory) -> dict:
     return _RUNS[key]
 
 
-def reshard_config_rollout_tp1(ckpt, actor_tp: int = 2):
-    """RLinf's ReshardConfig for an actor at ``actor_tp`` syncing to rollout TP1 (its convertor
-    reads both TP sizes)."""
+def reshard_config(ckpt, actor_tp: int = 2, rollout_tp: int = 1, **kw):
+    """RLinf's ReshardConfig for an actor at ``actor_tp`` syncing to ``rollout_tp`` (its
+    convertor reads both TP sizes)."""
     import rlinf_pangu
     from rlinf.utils.resharding.reshard_config import ReshardConfig
 
@@ -314,7 +328,11 @@ def reshard_config_rollout_tp1(ckpt, actor_tp: int = 2):
 
     rlinf_pangu.register()
     tc = pangu_transformer_config(hf_config(ckpt), tp=actor_tp, dtype=torch.float32, use_cpu_initialization=True)
-    return ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=1)
+    return ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **kw)
+
+
+def reshard_config_rollout_tp1(ckpt, actor_tp: int = 2):
+    return reshard_config(ckpt, actor_tp, 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -402,3 +420,91 @@ def _stock_presharded_embedding(model, even: torch.Tensor) -> torch.Tensor:
     emb.use_presharded_weights = True
     emb.weight_loader(emb.weight, even)
     return emb.weight.detach().clone()
+
+
+# --------------------------------------------------------------------------------------
+# GPU ranks: Megatron TP2 on two GPUs (NCCL) -> a real sgl.Engine at rollout TP 2 or 1
+# --------------------------------------------------------------------------------------
+
+
+def _gpu_engine(ckpt: str, tp: int):
+    """An fp32 ``sgl.Engine`` on GPUs 0..tp-1 with the settings that run on the GPU host."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "benchmarks"))
+    import _sync_common as C
+
+    import os
+
+    # the rank's torch.distributed variables must not leak into SGLang's own TP processes
+    rank_env = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
+    try:
+        return C.engine(ckpt, "cuda", "float32", tp_size=tp, mem_fraction_static=0.3, disable_cuda_graph=True)
+    finally:
+        os.environ.update(rank_env)
+
+
+def _engine_logprobs(eng, seq: list[int]) -> torch.Tensor:
+    out = eng.generate(input_ids=[seq], sampling_params={"max_new_tokens": 1, "temperature": 0},
+                       return_logprob=True, logprob_start_len=0)[0]
+    return torch.tensor([v for v, _, _ in out["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64)
+
+
+def _push_per_rank(eng, buckets: list[dict[str, torch.Tensor]], rank: int, world: int, owner_of_scheduler) -> None:
+    """Load each bucket into SGLang the way RLinf's rollout gets it: every SGLang TP rank gets
+    the CUDA IPC handles of the actor rank ``owner_of_scheduler(tp_rank)`` (SGLang's
+    ``LocalSerializedTensor``), presharded, cache flushed after the last."""
+    import torch.distributed as dist
+    from sglang.srt.model_executor.model_runner_components.weight_updater import LocalSerializedTensor
+    from sglang.srt.utils import MultiprocessingSerializer
+
+    from rlinf_pangu.sglang_ext.weight_sync import LOADER
+
+    for i, bucket in enumerate(buckets):
+        mine = {k: MultiprocessingSerializer.serialize(v) for k, v in bucket.items()}
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+        if rank == 0:
+            owners = [owner_of_scheduler(r) for r in range(eng.server_args.tp_size)]
+            named = [(k, LocalSerializedTensor(values=[every[o][k] for o in owners])) for k in mine]
+            ok, msg = eng.update_weights_from_tensor(named, load_format=LOADER, flush_cache=i == len(buckets) - 1)[:2]
+            assert ok, msg
+        dist.barrier()  # the owners keep their tensors alive until SGLang has copied them
+
+
+def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int], seq: list[int]) -> dict:
+    """Megatron TP2 (one GPU per rank) takes an optimizer step and syncs through RLinf's own
+    reshard (NCCL) to a real SGLang engine at rollout TP 2, then TP 1; rank 0 compares SGLang's
+    logprobs of ``seq`` with Megatron's recomputed ones. Before each correct sync it records two
+    negative controls: the stale engine (no sync), and at TP 2 the two ranks' shards swapped."""
+    import torch.distributed as dist
+
+    import rlinf_pangu
+
+    rlinf_pangu.register()
+    model, tc, _ = build_megatron(ckpt, 2, 1, "cuda")
+    capacity = int(layer_bytes(model) * BUCKET_LAYERS)
+    optimizer_step(model, step_tokens)
+    want = megatron_logprobs(model, seq).double()
+    out: dict = {"rank": rank}
+    for rollout_tp in (2, 1):
+        eng = _gpu_engine(ckpt, rollout_tp) if rank == 0 else None
+        dist.barrier()
+        _, buckets = run_sync(model, tc, rollout_tp, capacity)
+        report = {"n_buckets": len(buckets)}
+        if rank == 0:
+            report["stale_max_dlogp"] = float((_engine_logprobs(eng, seq) - want).abs().max())
+        if rollout_tp == 2:
+            _push_per_rank(eng, buckets, rank, world, lambda r: 1 - r)
+            if rank == 0:
+                report["swapped_max_dlogp"] = float((_engine_logprobs(eng, seq) - want).abs().max())
+        # rollout TP 1: every actor rank holds the whole model; RLinf sends rank 0's
+        _push_per_rank(eng, buckets, rank, world, (lambda r: r) if rollout_tp == 2 else (lambda r: 0))
+        if rank == 0:
+            d = (_engine_logprobs(eng, seq) - want).abs()
+            report.update(max_dlogp=float(d.max()), mean_exp_abs_dlogp=float(d.exp().mean()))
+            eng.shutdown()
+        dist.barrier()
+        out[f"rollout_tp{rollout_tp}"] = report
+    return out

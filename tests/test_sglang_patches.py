@@ -88,7 +88,7 @@ def test_reshard_dispatch_patch_is_needed_and_routes_pangu_to_its_fns(tiny_fp32)
     with pytest.raises(NotImplementedError):
         ru.get_tp_reshard_fn.__rlinf_pangu_original__("pangu")
     assert rc.get_tp_reshard_fn("qwen2.5") is ru.tp_reshard_fn_qwen2_5  # others still RLinf's own
-    cfg = __import__("sync_testlib").reshard_config_rollout_tp1(tiny_fp32)
+    cfg = __import__("sync_testlib").reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore")
     assert cfg.tp_reshard_fn is tp_reshard_fn_pangu and cfg.pp_reshard_fn is pp_reshard_fn_pangu
 
 

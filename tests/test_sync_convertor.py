@@ -25,12 +25,14 @@ def _reshard_config(ckpt, actor_tp=1):
     return L.reshard_config_rollout_tp1(ckpt, actor_tp=actor_tp)
 
 
-def _megatron_state(hf, cfg, tp: int) -> dict[str, torch.Tensor]:
-    """TP shards from the layout, concatenated in rank order the way RLinf's TP gather does."""
+def _megatron_state(hf, cfg, tp: int, rollout_tp: int = 1, rollout_rank: int = 0) -> dict[str, torch.Tensor]:
+    """What RLinf's TP gather hands the convertor on one rollout rank: the layout's actor TP
+    shards of that rank's group, concatenated in rank order."""
     from rlinf_pangu.layout import PanguDims, hf_to_megatron_shard, mapping_for_megatron_name
 
     dims = PanguDims.from_hf_config(cfg)
-    shards = [hf_to_megatron_shard(hf, dims, r, tp) for r in range(tp)]
+    merge = tp // rollout_tp
+    shards = [hf_to_megatron_shard(hf, dims, r, tp) for r in range(rollout_rank * merge, (rollout_rank + 1) * merge)]
     out = {}
     for name in shards[0]:
         m, _ = mapping_for_megatron_name(name)
@@ -104,3 +106,52 @@ def test_unknown_tensor_is_an_error_naming_it(registered, tiny_fp32):
 
     with pytest.raises(KeyError, match="decoder.layers.0.mlp.linear_fc1.bias"):
         convert_mega_pangu_to_hf({"decoder.layers.0.mlp.linear_fc1.bias": torch.zeros(4)}, _reshard_config(tiny_fp32))
+
+
+@pytest.mark.parametrize("actor_tp,rollout_tp", [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4)])
+def test_packed_convert_equals_rlinf_transform_funcs(registered, tiny_fp32, actor_tp, rollout_tp):
+    """Our views-and-one-copy transforms give exactly what RLinf's own TransformFuncs give for the
+    same rules (BaseConvertor.convert), on every rollout rank."""
+    from rlinf.utils.convertor.utils import BaseConvertor
+
+    from resharding.convertor import PanguConvertor
+
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    rc = L.reshard_config(tiny_fp32, actor_tp, rollout_tp)
+    for rank in range(rollout_tp):
+        state = _megatron_state(hf, cfg, actor_tp, rollout_tp, rank)
+        convertor = PanguConvertor(rc, strict=True)
+        assert L.compare_exact(convertor.convert(state), BaseConvertor.convert(convertor, state)) == []
+
+
+def test_bucket_is_one_storage_aliasing_no_input(registered, tiny_fp32):
+    """One CUDA IPC handle per bucket for the rollout, and the one copy the sync must make."""
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    state = _megatron_state(hf, cfg, 2)
+    out = _reshard_config(tiny_fp32, 2).convert_fn(state)
+    storages = {t.untyped_storage().data_ptr() for t in out.values()}
+    assert len(storages) == 1
+    assert storages.isdisjoint(t.untyped_storage().data_ptr() for t in state.values())
+    assert all(t.is_contiguous() for t in out.values())
+    before = out["model.layers.0.self_attn.k_proj.weight"].clone()
+    state["decoder.layers.0.self_attention.linear_qkv.weight"].add_(1.0)
+    assert torch.equal(out["model.layers.0.self_attn.k_proj.weight"], before)
+
+
+def test_wrong_qkv_shape_is_a_layout_error_naming_the_tensor(registered, tiny_fp32):
+    from rlinf_pangu.layout import LayoutError
+
+    name = "decoder.layers.2.self_attention.linear_qkv.weight"
+    with pytest.raises(LayoutError, match=name.replace(".", r"\.") + ".*KV groups"):
+        _reshard_config(tiny_fp32, 1).convert_fn({name: torch.zeros(7, 128)})
+
+
+def test_sglang_format_pairs_packing_with_the_no_copy_reshard(registered, tiny_fp32):
+    """RLinf builds the convertor before it picks a TP reshard: ours takes the one that does not
+    copy (the packing copies); the mcore format and a caller's own convert_fn keep the copying one."""
+    from resharding.reshard import tp_reshard_fn_pangu
+
+    paired = L.reshard_config(tiny_fp32, 2, 1).tp_reshard_fn
+    assert paired.func is tp_reshard_fn_pangu and paired.keywords == {"copy": False}
+    assert L.reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore").tp_reshard_fn is tp_reshard_fn_pangu
+    assert L.reshard_config(tiny_fp32, 2, 1, convert_fn=dict).tp_reshard_fn is tp_reshard_fn_pangu

@@ -26,6 +26,7 @@ def _check(results, tp, pp, rollout_tp, ranks):
     assert sorted(r["rank"] for r in rows) == list(range(ranks))
     for r in rows:
         assert r["mismatches"] == [], f"rank {r['rank']}: {r['mismatches'][:5]}"
+        assert r["aliases_params"] == [], f"rank {r['rank']} sends live parameters: {r['aliases_params'][:5]}"
         assert r["n_buckets"] > 1 and r["split_layer"], "no bucket boundary inside a layer"
 
 
