@@ -15,6 +15,15 @@ weights to SGLang serving them:
   scheduler, presharded ``load_weights``), the radix cache flushed after the last;
 * ``serve``: the first request after the sync (prefill + one token) returning.
 
+``load`` is split further: SGLang's ``load_weights`` as timed inside the scheduler
+(``_timed_loader``), and the transport around it (CUDA IPC handles serialised, sent, opened).
+
+Variants, interleaved round by round in the same process against the same engine:
+``--transforms packed`` (what Pangu ships: the convertor's splits as views, copied once into one
+storage per bucket) and ``rlinf`` (the same rules run by RLinf's own ``TransformFunc``s behind
+the copying reshard: a storage per tensor); ``--bucket-mb`` takes several capacities to compare.
+The first of each list is the shipped configuration the goal is judged on.
+
 The baseline is one device-to-device copy of every Megatron parameter into a preallocated buffer
 of the same size (the bytes any sync must move at least once). Goal: sync <= 10x the copy. After
 the last repeat a logprob check confirms SGLang serves Megatron's weights (bf16 kernel noise only).
@@ -31,7 +40,10 @@ import time
 from pathlib import Path
 
 import _sync_common as C
+import _timed_loader
 import torch
+
+TIMED_LOADER = _timed_loader.LOADER
 
 GOAL_RATIO = 10.0
 
@@ -68,23 +80,65 @@ def _copy_baseline(params: list[torch.Tensor], device: str) -> float:
     return dt
 
 
+def _sync_round(eng, model, tc, params, probe, device: str, transforms: str, bucket_mb: int, times_file: Path) -> dict:
+    """Update every weight, then time one sync of it into SGLang (see the module docstring)."""
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p), alpha=1e-3)
+    copy_s = _copy_baseline(params, device)
+    times_file.write_text("")
+    C.sync(device)
+    t0 = time.perf_counter()
+    reshard_s = load_s = 0.0
+    buckets = C.rlinf_sync_buckets(model, tc, transforms=transforms, bucket_capacity=bucket_mb * 2**20)
+    n = 0
+    while True:
+        tb = time.perf_counter()
+        bucket = next(buckets, None)
+        C.sync(device)
+        reshard_s += time.perf_counter() - tb
+        if bucket is None:
+            break
+        tl = time.perf_counter()
+        C._update(eng, bucket, TIMED_LOADER, flush=False)
+        load_s += time.perf_counter() - tl
+        n += 1
+        del bucket
+    tf = time.perf_counter()
+    eng.flush_cache()
+    eng.generate(input_ids=probe, sampling_params={"max_new_tokens": 1, "temperature": 0})
+    serve_s = time.perf_counter() - tf
+    total = time.perf_counter() - t0
+    inside = [float(line.split()[0]) for line in times_file.read_text().split("\n") if line.strip()]
+    return {"transforms": transforms, "bucket_mb": bucket_mb, "buckets": n, "sync_s": total, "reshard_s": reshard_s,
+            "load_s": load_s, "sglang_load_weights_s": sum(inside), "load_transport_s": load_s - sum(inside),
+            "flush_and_first_request_s": serve_s, "copy_s": copy_s, "ratio": total / copy_s}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--preset", default="7b", choices=["tiny", "1b", "7b"])
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bucket-mb", type=int, default=128, help="RLinf's bucket capacity (its default: 128)")
+    ap.add_argument("--bucket-mb", default="128", help="RLinf's bucket capacity, comma-separated to compare (RLinf's default: 128)")
+    ap.add_argument("--transforms", default="packed,rlinf",
+                    help="comma-separated: packed (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
     ap.add_argument("--mem-fraction", type=float, default=0.35, help="SGLang's mem_fraction_static (GPU)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     a = ap.parse_args()
+    variants = [(t, int(b)) for t in a.transforms.split(",") for b in a.bucket_mb.split(",")]
+    shipped = ("packed", int(a.bucket_mb.split(",")[0]))
 
     C.register()
     work = Path(a.work or tempfile.mkdtemp(prefix="sync_bench_"))
+    times_file = work / "loader_times.txt"
+    os.environ[_timed_loader.ENV] = str(times_file)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     cfg_dir = _config_dir(a.preset, a.layers, "bf16", work)
     cfg = C.hf_config(cfg_dir)
-    extra = {"load_format": "dummy"}
+    extra = {"load_format": "dummy", "custom_weight_loader": [C.LOADER, TIMED_LOADER]}
     if a.device == "cuda":
         extra["mem_fraction_static"] = a.mem_fraction
     eng = C.engine(cfg_dir, a.device, "bfloat16", **extra)  # first: it sizes itself from free memory
@@ -96,55 +150,42 @@ def main() -> None:
         nbytes = sum(p.numel() * p.element_size() for p in params)
         C.log(f"Megatron {a.preset}: {sum(p.numel() for p in params) / 1e9:.2f} B params, {nbytes / 2**30:.2f} GiB")
         probe = C.random_tokens(1, 16, cfg.vocab_size, seed=3)
-        for r in range(a.repeats + 1):  # round 0 warms up (allocator, IPC, kernels)
-            with torch.no_grad():
-                for p in params:
-                    p.add_(torch.randn_like(p), alpha=1e-3)
-            copy_s = _copy_baseline(params, a.device)
-            C.sync(a.device)
-            t0 = time.perf_counter()
-            reshard_s = load_s = 0.0
-            buckets = C.rlinf_sync_buckets(model, tc, bucket_capacity=a.bucket_mb * 2**20)
-            n = 0
-            while True:
-                tb = time.perf_counter()
-                bucket = next(buckets, None)
-                C.sync(a.device)
-                reshard_s += time.perf_counter() - tb
-                if bucket is None:
-                    break
-                tl = time.perf_counter()
-                C._update(eng, bucket, C.LOADER, flush=False)
-                load_s += time.perf_counter() - tl
-                n += 1
-                del bucket
-            tf = time.perf_counter()
-            eng.flush_cache()
-            eng.generate(input_ids=probe, sampling_params={"max_new_tokens": 1, "temperature": 0})
-            serve_s = time.perf_counter() - tf
-            total = time.perf_counter() - t0
-            row = {"round": r, "buckets": n, "sync_s": total, "reshard_s": reshard_s, "load_s": load_s,
-                   "flush_and_first_request_s": serve_s, "copy_s": copy_s, "ratio": total / copy_s}
-            C.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-            if r:
-                rounds.append(row)
+        for r in range(a.repeats + 1):  # round 0 warms each variant up (allocator, IPC, kernels)
+            for transforms, bucket_mb in variants:  # interleaved: drift hits every variant alike
+                row = {"round": r, **_sync_round(eng, model, tc, params, probe, a.device, transforms, bucket_mb, times_file)}
+                C.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+                if r:
+                    rounds.append(row)
+        # the last sync of every round set was the last variant; end on the shipped one for the check
+        _sync_round(eng, model, tc, params, probe, a.device, *shipped, times_file)
         seqs = C.random_tokens(2, 64, cfg.vocab_size, seed=4)
         check = C.mean_exp_abs(C.sglang_logprobs(eng, seqs), C.megatron_logprobs(model, seqs, a.device))
         C.log(f"after the last sync: mean exp|dlogp| = {check[0]:.5f}, max |dlogp| = {check[1]:.4f}")
     finally:
         eng.shutdown()
 
-    med = {k: statistics.median(r[k] for r in rounds) for k in ("sync_s", "reshard_s", "load_s", "flush_and_first_request_s", "copy_s")}
-    ratio = med["sync_s"] / med["copy_s"]
+    keys = ("sync_s", "reshard_s", "load_s", "sglang_load_weights_s", "load_transport_s", "flush_and_first_request_s", "copy_s", "ratio")
+    by_variant = {}
+    for transforms, bucket_mb in variants:
+        rows = [r for r in rounds if (r["transforms"], r["bucket_mb"]) == (transforms, bucket_mb)]
+        med = {k: statistics.median(r[k] for r in rows) for k in keys}
+        med["buckets"] = rows[0]["buckets"]
+        by_variant[f"{transforms}@{bucket_mb}MiB"] = med
+    main_med = by_variant[f"{shipped[0]}@{shipped[1]}MiB"]
+    ratio = main_med["sync_s"] / main_med["copy_s"]
     result = {
         "what": "Megatron -> SGLang weight sync (RLinf reshard + Pangu convertor + RLinf-style presharded load) vs one device copy of the same bytes",
         "preset": a.preset, "layers": cfg.num_hidden_layers, "dtype": "bf16", "bytes": nbytes,
-        "bucket_mb": a.bucket_mb, "rounds": rounds, "median": med, "ratio": ratio, "goal_ratio": GOAL_RATIO,
+        "shipped": f"{shipped[0]}@{shipped[1]}MiB", "rounds": rounds, "median": by_variant, "ratio": ratio, "goal_ratio": GOAL_RATIO,
         "pass": ratio <= GOAL_RATIO, "post_sync_mean_exp_abs_dlogp": check[0], "post_sync_max_abs_dlogp": check[1],
-        "sync_GB_per_s": nbytes / med["sync_s"] / 1e9, "copy_GB_per_s": nbytes / med["copy_s"] / 1e9,
+        "sync_GB_per_s": nbytes / main_med["sync_s"] / 1e9, "copy_GB_per_s": nbytes / main_med["copy_s"] / 1e9,
     }
     C.write_result(a.out, f"sync_{a.preset}_{a.device}", result)
-    print(("PASS" if result["pass"] else "FAIL") + f": sync {med['sync_s']:.3f} s vs copy {med['copy_s']:.4f} s = {ratio:.1f}x (goal <= {GOAL_RATIO}x)", flush=True)
+    for name, med in by_variant.items():
+        print(f"{name:>20}: sync {med['sync_s']:.3f} s (reshard {med['reshard_s']:.3f}, load {med['load_s']:.3f} = "
+              f"load_weights {med['sglang_load_weights_s']:.3f} + transport {med['load_transport_s']:.3f}, "
+              f"flush+request {med['flush_and_first_request_s']:.3f}; {med['buckets']} buckets) = {med['ratio']:.1f}x copy", flush=True)
+    print(("PASS" if result["pass"] else "FAIL") + f": {result['shipped']} sync {main_med['sync_s']:.3f} s vs copy {main_med['copy_s']:.4f} s = {ratio:.1f}x (goal <= {GOAL_RATIO}x)", flush=True)
 
 
 if __name__ == "__main__":

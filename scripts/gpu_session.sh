@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/runs/: on a GPU host where the wheelhouse is installed
 # (scripts/install_wheelhouse.sh) and this repository is installed with `pip install --no-deps -e .`.
-#   bash scripts/gpu_session.sh OUT_DIR [grpo-tiny] [grpo-1b] [bench]
+#   bash scripts/gpu_session.sh OUT_DIR [grpo-tiny] [grpo-tiny-tp2] [grpo-1b] [gpu-tests] [sync] [bench]
+# (grpo-tiny-tp2 and tests/test_sync_multigpu.py in gpu-tests need 2 GPUs.)
 # Each part writes its log (and results) to OUT_DIR; a failing part does not stop the next one.
 # A failing GRPO run is repeated once for one step with CUDA_LAUNCH_BLOCKING=1, so the log names
 # the CUDA call at fault rather than a later one.
@@ -38,6 +39,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for part in $parts; do
   case $part in
     grpo-tiny) grpo grpo_tiny examples/math/pangu-tiny-grpo-megatron.yaml 420 ;;
+    grpo-tiny-tp2) grpo grpo_tiny_tp2 examples/math/pangu-tiny-grpo-megatron.yaml 420 parallel=tp2-pp1-rollout-tp1 \
+        runner.max_steps=10 ;;
+    gpu-tests)
+      "$py" -m pytest -m gpu -v -s -p no:cacheprovider tests/test_sync_multigpu.py tests/test_sync_gpu.py >"$out/gpu_tests.log" 2>&1
+      echo "[gpu] gpu-tests rc=$?"; grep -E "PASS|FAIL|ERROR|passed|failed|rollout_tp|mean exp" "$out/gpu_tests.log" | tail -30 ;;
+    sync)
+      "$py" benchmarks/sync.py --out "$out" --bucket-mb 128,1024 --repeats 3 >"$out/sync_7b.log" 2>&1
+      echo "[gpu] sync rc=$?"; tail -7 "$out/sync_7b.log" ;;
     grpo-1b) grpo grpo_1b examples/math/pangu-1b-grpo-megatron.yaml 420 runner.max_steps=2 \
         rollout.model.model_path=/tmp/pangu-1b-random pangu.make_checkpoint.enabled=true ;;
     bench)

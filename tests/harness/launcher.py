@@ -73,7 +73,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects):
+def _rank_main(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects, gpus=False):
     """Entry point of one spawned rank: set up, run ``fn``, write the outcome to ``out_dir``."""
     out = Path(out_dir)
     # On a timeout the parent sends SIGUSR1: every thread's stack goes to <rank>.stack
@@ -84,12 +84,15 @@ def _rank_main(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cp
         import torch.distributed as dist
 
         torch.set_num_threads(threads)
-        if cpu_redirects:
+        if gpus:
+            torch.cuda.set_device(rank)
+        elif cpu_redirects:
             from harness import cpu_redirects as redirects
 
             redirects.apply()
         dist.init_process_group(
-            "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
+            "nccl" if gpus else "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout),
+            **({"device_id": torch.device("cuda", rank)} if gpus else {}),
         )
         try:
             result = fn(rank, world_size, *args, **kwargs)
@@ -130,19 +133,22 @@ def run_ranks(
     cpu_redirects: bool = True,
     grace: float = 10.0,
     env: dict[str, str] | None = None,
+    gpus: bool = False,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` gloo ranks; their results in rank order.
 
     ``fn`` must be importable by the children (a module-level function). ``env`` adds
-    environment variables for the ranks. See the module docstring for failure handling.
+    environment variables for the ranks. ``gpus=True`` makes them NCCL ranks instead, rank ``r``
+    on GPU ``r``, with every GPU visible and no CPU redirects. See the module docstring for
+    failure handling.
     """
     ctx = mp.get_context("spawn")
     rank_env = {
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": str(world_size),
-        "CUDA_VISIBLE_DEVICES": "",
+        **({} if gpus else {"CUDA_VISIBLE_DEVICES": ""}),
         "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
         "OMP_NUM_THREADS": str(threads),
         **(env or {}),
@@ -154,7 +160,7 @@ def run_ranks(
                 with _env(**rank_env, RANK=str(rank), LOCAL_RANK=str(rank)):
                     p = ctx.Process(
                         target=_rank_main,
-                        args=(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects),
+                        args=(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects, gpus),
                         name=f"rank{rank}",
                         daemon=True,
                     )
