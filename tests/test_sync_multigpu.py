@@ -52,7 +52,7 @@ def test_actor_tp2_sync_into_sglang_tp2_and_tp1_matches_megatron(tiny_fp32):
     from harness import run_ranks
 
     per_rank = run_ranks(L.gpu_post_sync_rank, 2, str(tiny_fp32), _tokens(33, 12), _tokens(24, 11),
-                         timeout=900, grace=30, gpus=True)
+                         timeout=420, grace=30, gpus=True)
     res = per_rank[0]
     print(res)
     for tp in (2, 1):

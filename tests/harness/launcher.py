@@ -162,7 +162,7 @@ def run_ranks(
                         target=_rank_main,
                         args=(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects, gpus),
                         name=f"rank{rank}",
-                        daemon=True,
+                        daemon=not gpus,  # a GPU rank may start an sgl.Engine (daemons cannot have children)
                     )
                     p.start()
                 procs.append(p)
