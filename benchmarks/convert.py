@@ -1,6 +1,6 @@
 """Benchmark: HF -> Megatron conversion of a factory checkpoint against ``cp -r`` of the same files.
 
-    .venv/bin/python benchmarks/convert.py --preset 7b --tp 2 --pp 2 --work /tmp/convert-bench
+    .venv/bin/python benchmarks/convert.py --preset 7b --tp 2 --pp 2 --work /root/convert-bench --rounds 5 --keep
 
 Measures, in one run on this host:
 
@@ -12,9 +12,10 @@ Measures, in one run on this host:
   in-process ``ensure_megatron`` call RLinf's start-up makes;
 * optionally (``--back``) ``megatron-to-hf`` the same way.
 
-The factory checkpoint is generated into ``--work`` unless it is already there, and everything
-is deleted at the end unless ``--keep``. The host is shared: run it more than once and report
-the spread, not one number.
+The factory checkpoint is generated into ``--work`` unless it is already there (keep ``--work``
+off ``/tmp``, which the host cleans). The outputs (copy, conversion) are always deleted at the
+end; the factory checkpoint too unless ``--keep``. The host is shared: every round records the
+load average before it; run it more than once and report the spread, not one number.
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ def main() -> None:
     ap.add_argument("--preset", default="7b", choices=["tiny", "1b", "7b"])
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--pp", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/convert-bench"))
+    ap.add_argument("--work", type=Path, default=Path("/root/convert-bench"))
     ap.add_argument("--rounds", type=int, default=1, help="repeat cp / convert this many times (alternating)")
     ap.add_argument("--back", action="store_true", help="also time megatron-to-hf and check it is bit-exact")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--keep", action="store_true", help="keep the factory checkpoint in --work for the next run")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     a = ap.parse_args()
 
@@ -102,7 +103,7 @@ def main() -> None:
         cp_dst = work / "hf-copy"
         rounds = []
         for i in range(a.rounds):
-            r: dict = {}
+            r: dict = {"load_before": os.getloadavg()}
             shutil.rmtree(cp_dst, ignore_errors=True)
             _sync()
             t0 = time.perf_counter()
@@ -147,6 +148,8 @@ def main() -> None:
             shutil.rmtree(back, ignore_errors=True)
         results["load_after"] = os.getloadavg()
     finally:
+        for out in ("hf-copy", "mg", "hf-back"):
+            shutil.rmtree(work / out, ignore_errors=True)
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))

@@ -40,6 +40,7 @@ from rlinf_pangu.layout import (
 from . import cache
 from .errors import ConversionError
 from .hf_reader import CONFIG_FILE, INDEX_FILE, WEIGHT_DTYPES, HFCheckpoint, read_json, read_safetensors_header
+from .gather import Piece, Runs, band_bytes, copy_runs
 from .hf_writer import SafetensorsWriter
 from .megatron_io import (
     RANK_FILE,
@@ -63,6 +64,9 @@ _NOT_METADATA = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpac
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 _IN_FLIGHT_BYTES = 512 * 1024**2
 _IO_THREADS = 4
+#: Source bytes per copy job: big tensors (embedding, fc1) are split so that all I/O threads
+#: stay busy until the end.
+_SEGMENT_BYTES = 64 * 1024**2
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
@@ -88,8 +92,8 @@ class _WritePipeline:
     run at once; :meth:`after` runs a clean-up once given writes are done.
     """
 
-    def __init__(self, bar: tqdm, max_bytes: int = _IN_FLIGHT_BYTES, threads: int = _IO_THREADS):
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ckpt-write")
+    def __init__(self, bar: tqdm, max_bytes: int = _IN_FLIGHT_BYTES, threads: int | None = None):
+        self._pool = ThreadPoolExecutor(threads or _IO_THREADS, thread_name_prefix="ckpt-write")
         self._queue: collections.deque[tuple[Future, int]] = collections.deque()
         self._bytes = 0
         self._max = max_bytes
@@ -124,9 +128,9 @@ class _WritePipeline:
 
     def _wait_one(self) -> None:
         fut, n = self._queue.popleft()
-        fut.result()
+        written = fut.result()  # the bytes the job wrote (n only bounds what is in flight)
         self._bytes -= n
-        self._bar.update(n)
+        self._bar.update(written)
 
     def drain(self) -> None:
         while self._queue:
@@ -248,6 +252,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
         fp = fingerprint or cache.fingerprint(hf_dir, tp=tp, pp=pp, vpp=vpp, dtype=dtype or "auto", norm_names=norm_names)
         log.info("converting %s -> %s (TP=%d PP=%d VPP=%s, %s, %s norm names, %.2f GiB)",
                  ckpt.path, out, tp, pp, vpp, _dtype_name(target), norm_names, total / 1024**3)
+        t_plan = time.perf_counter()
 
         with cache.staging(out) as tmp:
             files: dict[str, int] = {}
@@ -264,20 +269,12 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
                         writers += stage_writers
                         for items in chunks:
                             for it in items:
-                                names = it.mapping.hf_names(it.layer)
-                                # views of the files' maps: contiguous pieces go file to file
-                                srcs = [_as(ckpt.mapped(n), target) for n in names]
-                                futs = []
-                                for r in range(tp):  # pieces of srcs, written back to back
-                                    parts = it.mapping.shard_parts(srcs, dims, r, tp)
-                                    nbytes = sum(x.numel() for x in parts) * itemsize
-                                    futs.append(pipe.submit(stage_writers[r].write, it.key, it.name, parts, ckpt.locate,
-                                                            pool, nbytes=nbytes))
-                                pipe.after(futs, ckpt.release, names)  # drop touched mapped pages
-                                del srcs
+                                _convert_item(ckpt, it, target, tp, stage_writers, pipe, pool, writeback=fsync)
                     pipe.drain()
+                    t_copy = time.perf_counter()
                     # flush every rank file at the end, together (no stall between stages)
                     list(pipe.map(lambda w: w.close(fsync=fsync), writers))
+                    t_flush = time.perf_counter()
                     files.update({str(w.path.relative_to(tmp)): w.path.stat().st_size for w in writers})
                 finally:
                     pipe.close()
@@ -299,8 +296,83 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
     finally:
         ckpt.close()
     dt = time.perf_counter() - t0
-    log.info("wrote %s in %.1f s (%.0f MiB/s)", out, dt, total / 1024**2 / max(dt, 1e-9))
+    log.info("wrote %s in %.1f s (%.0f MiB/s; checks and plan %.2f s, copy %.2f s, fsync %.2f s, rest %.2f s)",
+             out, dt, total / 1024**2 / max(dt, 1e-9), t_plan - t0, t_copy - t_plan, t_flush - t_copy,
+             time.perf_counter() - t_flush)
     return out
+
+
+def _convert_item(ckpt: HFCheckpoint, it: _Item, target: torch.dtype, tp: int, writers: list[RankFileWriter],
+                  pipe: _WritePipeline, pool: _BufferPool, writeback: bool) -> None:
+    """Queue the writes of one Megatron tensor on every TP rank of its stage.
+
+    The HF tensors are views of their files' maps and the layout cuts them into each rank's
+    pieces (views too). When every piece is byte runs of a source file (always, unless a dtype
+    cast made new tensors) each source tensor is copied once for all ranks, in segments that
+    the I/O threads copy in parallel (:mod:`ckpt_convertor.gather`); else each rank's pieces are
+    written from memory. ``writeback`` (when the files will be fsynced): start writing each
+    copied band to disk at once, so the disk works during the copy instead of in the final
+    fsync (7B TP2xPP2 on this host: that fsync took 0.6-0.7 s without, 0.01-0.25 s with it).
+    """
+    names = it.mapping.hf_names(it.layer)
+    srcs = [_as(ckpt.mapped(n), target) for n in names]
+    rank_parts = [it.mapping.shard_parts(srcs, ckpt.dims, r, tp) for r in range(tp)]
+    copies = _plan_copies(ckpt, names, rank_parts)
+    if copies is None:
+        itemsize = srcs[0].element_size()
+        futs = [pipe.submit(writers[r].write, it.key, it.name, parts, pool,
+                            nbytes=sum(x.numel() for x in parts) * itemsize)
+                for r, parts in enumerate(rank_parts)]
+        pipe.after(futs, ckpt.release, names)  # drop the mapped pages the copies touched
+        return
+    pieces: dict[int, list[Piece]] = {}
+    for r, parts in enumerate(rank_parts):
+        pos = writers[r].claim(it.key, it.name, parts)
+        for src, runs in copies.ranks[r]:
+            pieces.setdefault(src, []).append(Piece(runs, writers[r].fd, pos))
+            pos += runs.nbytes
+    for src, ps in pieces.items():
+        fd, fname, lo, hi = copies.sources[src]
+        band = band_bytes(ps)
+        seg = max(band, _SEGMENT_BYTES // band * band)
+        label = f"{ckpt.path / fname} (tensor {names[src]!r})"
+        for s0 in range(lo, hi, seg):
+            pipe.submit(copy_runs, fd, ps, s0, min(hi, s0 + seg), band, label, writeback,
+                        nbytes=min(seg, hi - s0))
+    del srcs, rank_parts
+
+
+@dataclass
+class _Copies:
+    """Per TP rank, its pieces as (source index, byte runs); per source, (fd, file, first byte, end)."""
+
+    ranks: list[list[tuple[int, Runs]]]
+    sources: list[tuple[int, str, int, int]]
+
+
+def _plan_copies(ckpt: HFCheckpoint, names: list[str], rank_parts: list[list[torch.Tensor]]) -> _Copies | None:
+    """Where each rank's pieces lie in the source files, or None if some piece is not in them."""
+    sources = []
+    for n in names:
+        info = ckpt.info(n)
+        sources.append((info.file, info.offset, info.offset + info.nbytes))
+    ranks: list[list[tuple[int, Runs]]] = []
+    fds: dict[int, int] = {}
+    for parts in rank_parts:
+        located = []
+        for part in parts:
+            found = ckpt.runs(part)
+            if found is None:
+                return None
+            fd, fname, runs = found
+            src = next((i for i, (f, lo, hi) in enumerate(sources)
+                        if f == fname and lo <= runs.offset and runs.end <= hi), None)
+            if src is None:
+                return None
+            fds[src] = fd
+            located.append((src, runs))
+        ranks.append(located)
+    return _Copies(ranks, [(fds.get(i, -1), f, lo, hi) for i, (f, lo, hi) in enumerate(sources)])
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
 Only JSON (config.json, the index) and safetensors are read: the safetensors headers are parsed
 as JSON by this module, and each tensor is read only when the converter asks for it: either
-``pread`` at the offset its header gives, or as a view of the file's memory map whose contiguous
-pieces the writer copies file to file in the kernel (``copy_file_range``, like ``cp``) without
-ever touching them. Mapped pages that are touched are dropped again (``madvise``) once written,
-so memory holds a few tensors, not the model. Every check that can fail
+``pread`` at the offset its header gives, or as a view of the file's memory map, whose pieces
+(:meth:`HFCheckpoint.runs`) the converter copies through a small buffer without touching the
+map (:mod:`ckpt_convertor.gather`). Mapped pages that are touched (a dtype cast) are dropped
+again (``madvise``) once written, so memory holds a few tensors, not the model. Every check that can fail
 (missing/unexpected tensors, shapes, dtypes, truncated files, a config that disagrees with the
 weights) runs in :meth:`HFCheckpoint.open`, before any output exists.
 """
@@ -26,6 +26,7 @@ import torch
 from rlinf_pangu.layout import ROTARY_INV_FREQ, PanguDims
 
 from .errors import ConversionError
+from .gather import Runs, view_runs
 
 log = logging.getLogger(__name__)
 
@@ -303,21 +304,28 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
 
     def mapped(self, name: str) -> torch.Tensor:
         """The tensor as a view of its file's memory map: no bytes are read until used, and
-        :meth:`locate` can turn (contiguous pieces of) it back into file ranges, so the writer
-        copies them file to file in the kernel (``copy_file_range``) without touching them."""
+        :meth:`runs` turns it (or a piece of it) back into byte runs of the file, which the
+        converter copies with ``pread``/``pwritev`` (:mod:`ckpt_convertor.gather`) without ever
+        touching the mapped pages."""
         info = self.info(name)
         _, whole = self._map(info.file)
         return whole[info.offset : info.offset + info.nbytes].view(info.dtype).view(info.shape)
 
-    def locate(self, t: torch.Tensor) -> tuple[int, int] | None:
-        """(fd, file offset) of a contiguous view made by :meth:`mapped`, else None."""
-        if not t.is_contiguous():
+    def runs(self, t: torch.Tensor) -> tuple[int, str, Runs] | None:
+        """Where a view made by :meth:`mapped` (or a piece of one) lies in its file:
+        (fd, file name, byte runs), or None for any other tensor (then its bytes must be
+        written from memory)."""
+        if t.device.type != "cpu":
             return None
         ptr = t.data_ptr()
         for fname, (_, whole) in self._maps.items():
             base = whole.data_ptr()
-            if base <= ptr and ptr + t.numel() * t.element_size() <= base + whole.numel():
-                return self._handles[fname], ptr - base
+            if not base <= ptr < base + whole.numel():
+                continue
+            runs = view_runs(t.shape, t.stride(), t.element_size(), ptr - base)
+            if runs is None or runs.end > whole.numel():
+                return None
+            return self._handles[fname], fname, runs
         return None
 
     def release(self, names: Iterable[str]) -> None:

@@ -14,8 +14,9 @@ reads for a converted checkpoint:
   reordering) and ``iteration``. No ``args``: Megatron then skips its argument checks.
 
 :class:`RankFileWriter` writes that file in torch's own format: ``torch.save`` lays out the
-structure with each tensor's data region left empty (``skip_data`` on fake tensors, which hold
-no memory), then each tensor's bytes go into its region as the converter produces them.
+structure with each tensor's data region left empty (``skip_data``: uninitialised tensors whose
+bytes are never written by it), then each tensor's bytes go into its region as the converter
+produces them (from memory, or copied from the source files by :mod:`ckpt_convertor.gather`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
@@ -156,22 +157,38 @@ class RankFileWriter:
         self._fd = os.open(path, os.O_RDWR)
 
     def write(self, key: str, name: str, parts: torch.Tensor | Sequence[torch.Tensor],
-              locate: Locate | None = None, scratch: Scratch | None = None) -> int:
-        """Write one planned tensor's bytes into its region; returns the bytes written.
+              scratch: Scratch | None = None) -> int:
+        """Write one planned tensor's bytes from memory into its region; returns the bytes written.
 
         ``parts``: the tensor, or pieces whose concatenation along dim 0 is the tensor (written
         one after another, so the tensor itself is never materialised). See :func:`write_pieces`
-        for ``locate`` and ``scratch``.
+        for ``scratch``.
+        """
+        off = self.claim(key, name, parts)
+        write_pieces(self._fd, off, [parts] if isinstance(parts, torch.Tensor) else list(parts), scratch)
+        return self._slots[(key, name)][1]
+
+    def claim(self, key: str, name: str, parts: torch.Tensor | Sequence[torch.Tensor]) -> int:
+        """Check that ``parts`` (pieces along dim 0) make the planned tensor ``key.name`` and hand
+        out its region: the byte offset in :attr:`fd` where the pieces go, back to back.
+
+        The caller writes the region (or fails the conversion, which discards this file); a
+        tensor never claimed makes :meth:`close` fail.
         """
         try:
-            off, size, shape, dtype = self._slots[(key, name)]
+            off, _size, shape, dtype = self._slots[(key, name)]
         except KeyError:
             raise ConversionError(f"{self.path}: tensor {key}.{name} was not planned") from None
-        parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
-        _check_parts(self.path, name, parts, shape, dtype)
-        write_pieces(self._fd, off, parts, locate, scratch)
+        if (key, name) in self._done:
+            raise ConversionError(f"{self.path}: tensor {key}.{name} written twice")
+        _check_parts(self.path, name, [parts] if isinstance(parts, torch.Tensor) else list(parts), shape, dtype)
         self._done.add((key, name))
-        return size
+        return off
+
+    @property
+    def fd(self) -> int:
+        """The open file (for writers of claimed regions)."""
+        return self._fd
 
     def abort(self) -> None:
         """Close without checks (the caller is discarding the file's directory)."""
@@ -198,33 +215,21 @@ def _check_parts(path: Path, name: str, parts: Sequence[torch.Tensor], shape: tu
         raise ConversionError(f"{path}: tensor {name} is {tuple(got)} {parts[0].dtype}, planned {shape} {dtype}")
 
 
-#: (tensor) -> (fd, offset) of a file holding exactly its bytes, or None.
-Locate = Callable[[torch.Tensor], "tuple[int, int] | None"]
-
-
 class Scratch(Protocol):
     def take(self, nbytes: int) -> torch.Tensor: ...
     def give(self, *bufs: torch.Tensor) -> None: ...
 
 
-_COPY_FILE_RANGE = [hasattr(os, "copy_file_range")]  # cleared on the first refusal
+def write_pieces(fd: int, pos: int, parts: Sequence[torch.Tensor], scratch: Scratch | None = None) -> int:
+    """Write in-memory ``parts`` back to back into ``fd`` from ``pos`` with ``pwrite``;
+    non-contiguous ones after a copy into a ``scratch`` buffer when given.
 
-
-def write_pieces(fd: int, pos: int, parts: Sequence[torch.Tensor], locate: Locate | None = None,
-                 scratch: Scratch | None = None) -> int:
-    """Write ``parts`` back to back into ``fd`` from ``pos``.
-
-    A contiguous part that ``locate`` finds in a file is copied file to file inside the kernel
-    (``copy_file_range``: the bytes never enter this process, as with ``cp``). Others go through
-    ``pwrite``, non-contiguous ones after a copy into a ``scratch`` buffer.
+    (Pieces of the source files' maps do not come here: :mod:`ckpt_convertor.gather` copies
+    them without touching the map.)
     """
     start = pos
     for part in parts:
         n = part.numel() * part.element_size()
-        src = locate(part) if (locate is not None and _COPY_FILE_RANGE[0] and n) else None
-        if src is not None and _copy_range(src[0], fd, n, src[1], pos):
-            pos += n
-            continue
         buf = None
         if not part.is_contiguous() and scratch is not None:
             buf = scratch.take(n)
@@ -237,23 +242,6 @@ def write_pieces(fd: int, pos: int, parts: Sequence[torch.Tensor], locate: Locat
             if buf is not None:
                 scratch.give(buf)
     return pos - start
-
-
-def _copy_range(src_fd: int, dst_fd: int, n: int, src_off: int, dst_off: int) -> bool:
-    done = 0
-    try:
-        while done < n:
-            k = os.copy_file_range(src_fd, dst_fd, n - done, src_off + done, dst_off + done)
-            if k <= 0:
-                break
-            done += k
-    except OSError as e:  # EXDEV/EINVAL/ENOSYS/EOPNOTSUPP: this filesystem pair cannot; use pwrite
-        log.debug("copy_file_range unavailable (%s); falling back to pwrite", e)
-        _COPY_FILE_RANGE[0] = False
-        return False
-    if done < n:  # short copy (file changed?): let pwrite redo the whole piece
-        return False
-    return True
 
 
 def _pwrite_all(fd: int, buf: memoryview, pos: int) -> int:
