@@ -10,7 +10,7 @@ every Megatron weight in place (a stand-in for an optimizer step), then times, f
 weights to SGLang serving them:
 
 * ``reshard``: RLinf's ``divide_model_to_bucket`` + ``gather_and_reshard_model`` per bucket
-  (128 MiB buckets, Pangu's TP reshard and convertor: q/k/v and gate/up split, renamed);
+  (``--bucket-mb`` buckets, Pangu's TP reshard and convertor: q/k/v and gate/up split, renamed);
 * ``load``: each bucket into SGLang the way RLinf's rollout loads it (CUDA IPC handles to the
   scheduler, presharded ``load_weights``), the radix cache flushed after the last;
 * ``serve``: the first request after the sync (prefill + one token) returning.
@@ -121,7 +121,9 @@ def main() -> None:
     ap.add_argument("--preset", default="7b", choices=["tiny", "1b", "7b"])
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bucket-mb", default="128", help="RLinf's bucket capacity, comma-separated to compare (RLinf's default: 128)")
+    ap.add_argument("--bucket-mb", default="1024,128",
+                    help="sync bucket capacity, comma-separated to compare; the first is judged (Pangu's configs: "
+                         "actor.sync_bucket_capacity = 1024 MiB; RLinf's default: 128)")
     ap.add_argument("--transforms", default="packed,rlinf",
                     help="comma-separated: packed (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
     ap.add_argument("--mem-fraction", type=float, default=0.35, help="SGLang's mem_fraction_static (GPU)")

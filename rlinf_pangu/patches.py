@@ -611,6 +611,26 @@ def _failure_handler_without_dashboard() -> None:
     after_import(_CLUSTER, install)
 
 
+SYNC_BUCKET_CAPACITY = "rlinf.MegatronActor:sync_bucket_capacity"
+_MACTOR = "rlinf.workers.actor.megatron_actor_worker"
+
+
+@patch(
+    SYNC_BUCKET_CAPACITY,
+    why="RLinf's Megatron actor builds its rollout sync without a bucket capacity (ReshardConfig's 128 MiB; only its FSDP actor reads actor.sync_bucket_capacity): a 7B sync measured 0.40 s in 68 buckets, 0.14 s in 12 of 1 GiB",
+    module=_MACTOR,
+    applies=lambda: "rollout_weights_reshard = MegatronCoreWeightReshard" in _src(_MACTOR)
+    and "bucket_capacity" not in _src(_MACTOR),
+)
+def _honour_sync_bucket_capacity() -> None:
+    def install(ma) -> None:
+        fn = ma.MegatronActor.init_worker_customize
+        if not hasattr(fn, "__rlinf_pangu_original__"):
+            ma.MegatronActor.init_worker_customize = _compat().make_sync_bucket_capacity(fn)
+
+    after_import(_MACTOR, install)
+
+
 DATASET_ENCODE = "rlinf.ReasoningDataset.encode_batch"
 
 

@@ -382,6 +382,24 @@ def make_run(original: Callable, progress: Callable) -> Callable:
     return run
 
 
+def make_sync_bucket_capacity(original: Callable) -> Callable:
+    """After RLinf's ``MegatronActor.init_worker_customize`` built the rollout sync, give it the
+    bucket capacity ``actor.sync_bucket_capacity`` (bytes; the key and unit RLinf's FSDP actor
+    already reads). Absent: RLinf's 128 MiB."""
+
+    def init_worker_customize(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        capacity = self.cfg.actor.get("sync_bucket_capacity", None)
+        if capacity is not None:
+            if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+                raise ValueError(f"actor.sync_bucket_capacity must be a positive number of bytes, got {capacity!r}")
+            self.rollout_weights_reshard.bucket_capacity = capacity
+        return out
+
+    init_worker_customize.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return init_worker_customize
+
+
 def make_rollout_metrics(original: Callable) -> Callable:
     """Adds the rollout-vs-recompute log-prob gap to RLinf's per-step rollout metrics."""
 

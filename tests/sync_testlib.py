@@ -428,21 +428,26 @@ def _stock_presharded_embedding(model, even: torch.Tensor) -> torch.Tensor:
 
 
 def _gpu_engine(ckpt: str, tp: int):
-    """An fp32 ``sgl.Engine`` on GPUs 0..tp-1 with the settings that run on the GPU host."""
+    """A bf16 ``sgl.Engine`` on GPUs 0..tp-1 with the settings that run on the GPU host (SGLang's
+    CUDA RMSNorm kernel has no fp32 path)."""
+    import os
     import sys
 
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo / "benchmarks"))
     import _sync_common as C
 
-    import os
-
     # the rank's torch.distributed variables must not leak into SGLang's own TP processes
     rank_env = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
     try:
-        return C.engine(ckpt, "cuda", "float32", tp_size=tp, mem_fraction_static=0.3, disable_cuda_graph=True)
+        return C.engine(ckpt, "cuda", "bfloat16", tp_size=tp, mem_fraction_static=0.3, disable_cuda_graph=True)
     finally:
         os.environ.update(rank_env)
+
+
+def _gap(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    d = (a - b).abs()
+    return {"max": float(d.max()), "mean_exp": float(d.exp().mean())}
 
 
 def _engine_logprobs(eng, seq: list[int]) -> torch.Tensor:
@@ -451,9 +456,9 @@ def _engine_logprobs(eng, seq: list[int]) -> torch.Tensor:
     return torch.tensor([v for v, _, _ in out["meta_info"]["input_token_logprobs"][1:]], dtype=torch.float64)
 
 
-def _push_per_rank(eng, buckets: list[dict[str, torch.Tensor]], rank: int, world: int, owner_of_scheduler) -> None:
-    """Load each bucket into SGLang the way RLinf's rollout gets it: every SGLang TP rank gets
-    the CUDA IPC handles of the actor rank ``owner_of_scheduler(tp_rank)`` (SGLang's
+def _push_per_rank(eng, buckets: list[dict[str, torch.Tensor]], rank: int, world: int, owner) -> None:
+    """Load each bucket into SGLang the way RLinf's rollout gets it: SGLang TP rank ``r`` gets
+    tensor ``name`` as the CUDA IPC handle of actor rank ``owner(r, name)`` (SGLang's
     ``LocalSerializedTensor``), presharded, cache flushed after the last."""
     import torch.distributed as dist
     from sglang.srt.model_executor.model_runner_components.weight_updater import LocalSerializedTensor
@@ -466,18 +471,25 @@ def _push_per_rank(eng, buckets: list[dict[str, torch.Tensor]], rank: int, world
         every = [None] * world
         dist.all_gather_object(every, mine)
         if rank == 0:
-            owners = [owner_of_scheduler(r) for r in range(eng.server_args.tp_size)]
-            named = [(k, LocalSerializedTensor(values=[every[o][k] for o in owners])) for k in mine]
+            tp = eng.server_args.tp_size
+            named = [(k, LocalSerializedTensor(values=[every[owner(r, k)][k] for r in range(tp)])) for k in mine]
             ok, msg = eng.update_weights_from_tensor(named, load_format=LOADER, flush_cache=i == len(buckets) - 1)[:2]
             assert ok, msg
         dist.barrier()  # the owners keep their tensors alive until SGLang has copied them
 
 
+ROW_PARALLEL = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
 def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int], seq: list[int]) -> dict:
-    """Megatron TP2 (one GPU per rank) takes an optimizer step and syncs through RLinf's own
-    reshard (NCCL) to a real SGLang engine at rollout TP 2, then TP 1; rank 0 compares SGLang's
-    logprobs of ``seq`` with Megatron's recomputed ones. Before each correct sync it records two
-    negative controls: the stale engine (no sync), and at TP 2 the two ranks' shards swapped."""
+    """Megatron TP2 (fp32, one GPU per rank) takes an optimizer step and syncs through RLinf's own
+    reshard (NCCL) to a real bf16 SGLang engine at rollout TP 2, then TP 1; rank 0 compares
+    SGLang's logprobs of ``seq`` with Megatron's recomputed ones.
+
+    Per engine, from the same run: ``floor`` (the engine's checkpoint weights against Megatron
+    before the step: bf16 kernels alone), ``stale`` (the engine before the sync against Megatron
+    after the step), at TP 2 ``swapped`` (each SGLang rank given the other actor rank's o_proj and down_proj),
+    and ``after`` (the sync done right)."""
     import torch.distributed as dist
 
     import rlinf_pangu
@@ -485,6 +497,7 @@ def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int],
     rlinf_pangu.register()
     model, tc, _ = build_megatron(ckpt, 2, 1, "cuda")
     capacity = int(layer_bytes(model) * BUCKET_LAYERS)
+    before = megatron_logprobs(model, seq).double()
     optimizer_step(model, step_tokens)
     want = megatron_logprobs(model, seq).double()
     out: dict = {"rank": rank}
@@ -492,18 +505,20 @@ def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int],
         eng = _gpu_engine(ckpt, rollout_tp) if rank == 0 else None
         dist.barrier()
         _, buckets = run_sync(model, tc, rollout_tp, capacity)
-        report = {"n_buckets": len(buckets)}
+        report: dict = {"n_buckets": len(buckets)}
         if rank == 0:
-            report["stale_max_dlogp"] = float((_engine_logprobs(eng, seq) - want).abs().max())
+            served = _engine_logprobs(eng, seq)
+            report.update(floor=_gap(served, before), stale=_gap(served, want))
         if rollout_tp == 2:
-            _push_per_rank(eng, buckets, rank, world, lambda r: 1 - r)
+            # The row-parallel halves only (o_proj, down_proj): swapping every layer tensor together
+            # just moves whole heads/MLP columns to the other GPU, which sums to the same output.
+            _push_per_rank(eng, buckets, rank, world, lambda r, name: 1 - r if name.endswith(ROW_PARALLEL) else r)
             if rank == 0:
-                report["swapped_max_dlogp"] = float((_engine_logprobs(eng, seq) - want).abs().max())
+                report["swapped"] = _gap(_engine_logprobs(eng, seq), want)
         # rollout TP 1: every actor rank holds the whole model; RLinf sends rank 0's
-        _push_per_rank(eng, buckets, rank, world, (lambda r: r) if rollout_tp == 2 else (lambda r: 0))
+        _push_per_rank(eng, buckets, rank, world, (lambda r, name: r) if rollout_tp == 2 else (lambda r, name: 0))
         if rank == 0:
-            d = (_engine_logprobs(eng, seq) - want).abs()
-            report.update(max_dlogp=float(d.max()), mean_exp_abs_dlogp=float(d.exp().mean()))
+            report["after"] = _gap(_engine_logprobs(eng, seq), want)
             eng.shutdown()
         dist.barrier()
         out[f"rollout_tp{rollout_tp}"] = report

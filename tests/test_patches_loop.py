@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from harness import fresh_env
 from rlinf_pangu import patches
@@ -32,6 +33,7 @@ LOOP_PATCHES = [
     patches.NO_PACKING_WITHOUT_TE,
     patches.SGLANG_MEMORY_OCCUPATION,
     patches.RAY_STATE_WITHOUT_DASHBOARD,
+    patches.SYNC_BUCKET_CAPACITY,
 ]
 
 
@@ -268,3 +270,43 @@ def test_before_and_after_import_hooks_on_one_module_both_run(tmp_path, monkeypa
     import rlp_hooked_mod  # noqa: F401
 
     assert seen == [("before", False), ("after", 1)]
+
+
+def _layered_model(layers: int = 4) -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.decoder = torch.nn.Module()
+    model.decoder.layers = torch.nn.ModuleList([torch.nn.Linear(16, 16) for _ in range(layers)])  # 1088 B each
+    return model
+
+
+def _actor_with_capacity(capacity):
+    """RLinf's MegatronActor.init_worker_customize (stand-in for the part before the sync is built)
+    wrapped by the patch; the sync object is RLinf's real MegatronCoreWeightReshard."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
+
+    from rlinf_pangu import rlinf_compat
+
+    reshard = object.__new__(MegatronCoreWeightReshard)
+    reshard.bucket_capacity = 128 * 2**20  # what its __init__ takes from ReshardConfig's default
+
+    def init_worker_customize(self):
+        self.rollout_weights_reshard = reshard
+
+    actor = SimpleNamespace(cfg=OmegaConf.create({"actor": {} if capacity is None else {"sync_bucket_capacity": capacity}}))
+    rlinf_compat.make_sync_bucket_capacity(init_worker_customize)(actor)
+    return reshard
+
+
+def test_sync_bucket_capacity_sets_the_megatron_sync_bucket_size():
+    model = _layered_model()
+    assert len(_actor_with_capacity(None).divide_model_to_bucket([model])) == 1  # RLinf's 128 MiB
+    assert len(_actor_with_capacity(2048).divide_model_to_bucket([model])) == 3  # a bucket closes at >= 2048 B
+
+
+@pytest.mark.parametrize("bad", [0, -1, "1GiB", 1.5, True])
+def test_sync_bucket_capacity_must_be_positive_bytes(bad):
+    with pytest.raises(ValueError, match="actor.sync_bucket_capacity"):
+        _actor_with_capacity(bad)

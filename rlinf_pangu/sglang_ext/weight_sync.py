@@ -40,7 +40,9 @@ def load_presharded_weights(model: torch.nn.Module, named_tensors: Iterable[tupl
             "rlinf_pangu.sglang_ext's PanguEmbeddedForCausalLM: is SGLANG_EXTERNAL_MODEL_PACKAGE set "
             "(rlinf_pangu.register()) in the process that started SGLang?"
         )
-    for _, module in model.named_modules():
-        if hasattr(module, "use_presharded_weights"):
-            module.use_presharded_weights = True
+    if not getattr(model, "_rlinf_presharded", False):  # once: RLinf also sets it once, at start
+        for _, module in model.named_modules():
+            if hasattr(module, "use_presharded_weights"):
+                module.use_presharded_weights = True
+        model._rlinf_presharded = True
     model.load_weights(list(named_tensors))
