@@ -5,7 +5,9 @@
 * :mod:`resharding.reshard` — the TP/PP reshard functions RLinf's ``MegatronCoreWeightReshard``
   calls for model_type ``pangu`` (the replicated o_proj bias is cloned, the vocabulary is cut to
   SGLang's padded shard);
-* :mod:`resharding.vocab` — SGLang's vocabulary sharding, and why Megatron's split misses it.
+* :mod:`resharding.vocab` — SGLang's vocabulary sharding, and why Megatron's split misses it;
+* :mod:`resharding.pack` — each synced bucket as views of one flat buffer: the sync's one copy, and
+  one CUDA IPC storage per bucket for the rollout to open.
 
 :func:`register` puts the convertor into RLinf's ``_MG2HF_CONVERTOR_REGISTRY`` and the reshard
 functions into the tables the patched ``get_tp_reshard_fn``/``get_pp_reshard_fn`` consult
