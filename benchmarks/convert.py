@@ -8,6 +8,8 @@ Measures, in one run on this host:
   which fsyncs its files before the rename);
 * ``python -m ckpt_convertor hf-to-megatron`` as a child process: wall time and its peak RSS
   (``ru_maxrss`` from ``wait4``: the child alone);
+* optionally (``--baseline DIR``) the same conversion with another checkout's converter in every
+  round, right after this one's: on a shared host only numbers from the same minutes compare;
 * the cache-hit restart: the same command again (a fresh process, as a restarted job), and the
   in-process ``ensure_megatron`` call RLinf's start-up makes;
 * optionally (``--back``) ``megatron-to-hf`` the same way.
@@ -38,10 +40,10 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _child(cmd: list[str]) -> tuple[float, int, int]:
+def _child(cmd: list[str], cwd: Path = REPO) -> tuple[float, int, int]:
     """(wall seconds, peak RSS bytes, exit code) of one child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO)
+    proc = subprocess.Popen(cmd, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -81,6 +83,9 @@ def main() -> None:
     ap.add_argument("--back", action="store_true", help="also time megatron-to-hf and check it is bit-exact")
     ap.add_argument("--keep", action="store_true", help="keep the factory checkpoint in --work for the next run")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (e.g. `git archive` of an older commit with rlinf_pangu linked in): "
+                    "each round also converts with its ckpt_convertor, so before/after share the host's state")
     a = ap.parse_args()
 
     work = a.work
@@ -113,16 +118,18 @@ def main() -> None:
             shutil.rmtree(cp_dst)
             _sync()
 
-            shutil.rmtree(mg, ignore_errors=True)
-            cmd = [sys.executable, "-m", "ckpt_convertor", "hf-to-megatron", "--hf", str(hf), "--out", str(mg),
-                   "--tp", str(a.tp), "--pp", str(a.pp), "--no-progress"]
-            wall, rss, rc = _child(cmd)
-            if rc != 0:
-                raise SystemExit(f"conversion failed with exit code {rc}")
-            r["convert"] = wall
-            r["convert_peak_rss"] = rss
-            r["ratio_vs_cp"] = wall / r["cp"]
-            r["ratio_vs_cp_sync"] = wall / r["cp_sync"]
+            for label, repo in [("convert", REPO)] + ([("baseline", a.baseline)] if a.baseline else []):
+                shutil.rmtree(mg, ignore_errors=True)
+                _sync()
+                cmd = [sys.executable, "-m", "ckpt_convertor", "hf-to-megatron", "--hf", str(hf), "--out", str(mg),
+                       "--tp", str(a.tp), "--pp", str(a.pp), "--no-progress"]
+                wall, rss, rc = _child(cmd, cwd=repo)
+                if rc != 0:
+                    raise SystemExit(f"conversion ({label}, {repo}) failed with exit code {rc}")
+                r[label] = wall
+                r[f"{label}_peak_rss"] = rss
+                r[f"{label}_ratio_vs_cp"] = wall / r["cp"]
+                r[f"{label}_ratio_vs_cp_sync"] = wall / r["cp_sync"]
             rounds.append(r)
             print(json.dumps(r), flush=True)
         results["rounds"] = rounds

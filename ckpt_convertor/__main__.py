@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .cache import ensure_megatron
@@ -73,5 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit(rc: int) -> None:
+    """In a process started as ``python -m ckpt_convertor``, leave without the interpreter's
+    teardown of torch (0.45 s on the benchmark host, ~4% of a 7B conversion). Safe there: every
+    output file is closed, fsynced and renamed before :func:`main` returns, no thread is left,
+    and the log and stdio are flushed first. Run any other way (``runpy`` from a wrapper that
+    goes on after us), it exits normally."""
+    if os.path.abspath(sys.argv[0]) != os.path.abspath(__file__):
+        sys.exit(rc)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -8,6 +8,7 @@ Real files throughout; the reference for every copy is torch's own ``.contiguous
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,32 @@ def test_copy_runs_matches_torch_at_every_band_and_segment_alignment(tmp_path_fa
     finally:
         os.close(src)
         for fd in outs:
+            os.close(fd)
+
+
+def test_concurrent_segments_into_shared_files_make_the_same_bytes(tmp_path):
+    """As the converter runs them: segments of one source in 4 threads at once, each writing
+    both ranks' files (a column split, rows of 300 B in bands of 7 rows)."""
+    g = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 2**15, (4096, 300), generator=g, dtype=torch.int16)
+    data = b"HEADER!!" + _as_bytes(t)
+    src = _write(tmp_path / "src", data)
+    base = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    view = base[8:].view(torch.int16).view(t.shape)
+    fds = [os.open(tmp_path / f"out{r}", os.O_RDWR | os.O_CREAT | os.O_TRUNC) for r in range(2)]
+    try:
+        pieces = [Piece(_runs(part, base), fds[r], 0) for r, part in enumerate(view.chunk(2, 1))]
+        band = band_bytes(pieces, 7 * 600)
+        seg = 5 * band
+        with ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(lambda s0: copy_runs(src, pieces, s0, min(len(data), s0 + seg), band, writeback=True),
+                                 range(8, len(data), seg)))
+        assert sum(done) == len(data) - 8
+        for r, part in enumerate(t.chunk(2, 1)):
+            assert (tmp_path / f"out{r}").read_bytes() == _as_bytes(part)
+    finally:
+        os.close(src)
+        for fd in fds:
             os.close(fd)
 
 
