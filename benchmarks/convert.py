@@ -9,7 +9,8 @@ Measures, in one run on this host:
 * ``python -m ckpt_convertor hf-to-megatron`` as a child process: wall time and its peak RSS
   (``ru_maxrss`` from ``wait4``: the child alone);
 * optionally (``--baseline DIR``) the same conversion with another checkout's converter in every
-  round, right after this one's: on a shared host only numbers from the same minutes compare;
+  round, before or after this one's in turn: on a shared host only numbers from the same minutes
+  compare;
 * the cache-hit restart: the same command again (a fresh process, as a restarted job), and the
   in-process ``ensure_megatron`` call RLinf's start-up makes;
 * optionally (``--back``) ``megatron-to-hf`` the same way.
@@ -118,7 +119,11 @@ def main() -> None:
             shutil.rmtree(cp_dst)
             _sync()
 
-            for label, repo in [("convert", REPO)] + ([("baseline", a.baseline)] if a.baseline else []):
+            runs = [("convert", REPO)] + ([("baseline", a.baseline)] if a.baseline else [])
+            if i % 2:  # alternate which converter runs first, against any order effect
+                runs.reverse()
+            r["order"] = [label for label, _ in runs]
+            for label, repo in runs:
                 shutil.rmtree(mg, ignore_errors=True)
                 _sync()
                 cmd = [sys.executable, "-m", "ckpt_convertor", "hf-to-megatron", "--hf", str(hf), "--out", str(mg),
