@@ -194,13 +194,13 @@ def build_megatron(hf_cfg, dtype: torch.dtype, device: str, hf_state: dict[str, 
     return model, tc
 
 
-def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "packed", **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
+def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "pangu", **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
     """RLinf's sync on this process: divide_model_to_bucket, then gather_and_reshard_model
     (reshard + Pangu's convertor) per bucket, yielding HF-named tensors.
 
     ``transforms="rlinf"`` is the comparison point: the same rules executed by RLinf's own
     ``TransformFunc``s (``BaseConvertor.convert``) behind the copying TP reshard, i.e. a tensor
-    per storage, copied two or three times; ``"packed"`` is what Pangu ships.
+    copied two or three times; ``"pangu"`` is what Pangu ships (split as views, each tensor copied once).
     """
     from rlinf.utils.convertor.utils import BaseConvertor
     from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
@@ -211,8 +211,8 @@ def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "packed
     holder: dict[str, Any] = {}
     if transforms == "rlinf":
         reshard_kw["convert_fn"] = lambda sd: BaseConvertor.convert(holder["convertor"], sd)
-    elif transforms != "packed":
-        raise ValueError(f"transforms must be 'packed' or 'rlinf', not {transforms!r}")
+    elif transforms != "pangu":
+        raise ValueError(f"transforms must be 'pangu' or 'rlinf', not {transforms!r}")
     reshard = MegatronCoreWeightReshard(
         ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **reshard_kw)
     )

@@ -19,9 +19,9 @@ weights to SGLang serving them:
 (``_timed_loader``), and the transport around it (CUDA IPC handles serialised, sent, opened).
 
 Variants, interleaved round by round in the same process against the same engine:
-``--transforms packed`` (what Pangu ships: the convertor's splits as views, copied once into one
-storage per bucket) and ``rlinf`` (the same rules run by RLinf's own ``TransformFunc``s behind
-the copying reshard: a storage per tensor); ``--bucket-mb`` takes several capacities to compare.
+``--transforms pangu`` (what Pangu ships: the convertor's splits as views, each tensor copied
+once) and ``rlinf`` (the same rules run by RLinf's own ``TransformFunc``s behind the copying
+reshard: two or three copies); ``--bucket-mb`` takes several capacities to compare.
 The first of each list is the shipped configuration the goal is judged on.
 
 The baseline is one device-to-device copy of every Megatron parameter into a preallocated buffer
@@ -124,14 +124,14 @@ def main() -> None:
     ap.add_argument("--bucket-mb", default="1024,128",
                     help="sync bucket capacity, comma-separated to compare; the first is judged (Pangu's configs: "
                          "actor.sync_bucket_capacity = 1024 MiB; RLinf's default: 128)")
-    ap.add_argument("--transforms", default="packed,rlinf",
-                    help="comma-separated: packed (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
+    ap.add_argument("--transforms", default="pangu,rlinf",
+                    help="comma-separated: pangu (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
     ap.add_argument("--mem-fraction", type=float, default=0.35, help="SGLang's mem_fraction_static (GPU)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     a = ap.parse_args()
     variants = [(t, int(b)) for t in a.transforms.split(",") for b in a.bucket_mb.split(",")]
-    shipped = ("packed", int(a.bucket_mb.split(",")[0]))
+    shipped = ("pangu", int(a.bucket_mb.split(",")[0]))
 
     C.register()
     work = Path(a.work or tempfile.mkdtemp(prefix="sync_bench_"))

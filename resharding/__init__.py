@@ -6,8 +6,7 @@
   calls for model_type ``pangu`` (the replicated o_proj bias is cloned, the vocabulary is cut to
   SGLang's padded shard);
 * :mod:`resharding.vocab` — SGLang's vocabulary sharding, and why Megatron's split misses it;
-* :mod:`resharding.pack` — each synced bucket as views of one flat buffer: the sync's one copy, and
-  one CUDA IPC storage per bucket for the rollout to open.
+* :mod:`resharding.materialize` — the sync's one copy of every tensor, splits included.
 
 :func:`register` puts the convertor into RLinf's ``_MG2HF_CONVERTOR_REGISTRY`` and the reshard
 functions into the tables the patched ``get_tp_reshard_fn``/``get_pp_reshard_fn`` consult

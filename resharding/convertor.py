@@ -13,9 +13,8 @@ converter or the SGLang loader. What Pangu adds over RLinf's Qwen2.5 rules: the 
 
 The rules decide names and transforms; :meth:`PanguConvertor.convert` then performs each
 transform as strided views (``rlinf_pangu.layout.unfuse_views``, the same split RLinf's
-``TransformFunc`` makes, checked bit for bit against it) copied once into one flat buffer per
-bucket (:mod:`resharding.pack`). RLinf's own functions copy every tensor two or three times and
-give each its own storage, which the rollout then has to open as a separate CUDA IPC handle.
+``TransformFunc`` makes, checked bit for bit against it), each copied once into its own new
+tensor (:mod:`resharding.materialize`). RLinf's own functions copy every tensor two or three times.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from rlinf.utils.convertor.utils import BaseConvertor, ConvertorRule, TransformT
 
 from rlinf_pangu.layout import LAYOUT, NORM_ALIASES, Fuse, ParamMapping, unfuse_views
 
-from .pack import pack
+from .materialize import materialize
 
 __all__ = ["PanguConvertor", "convert_mega_pangu_to_hf", "build_rules", "TRANSFORM_FOR_FUSE", "FUSE_FOR_TRANSFORM"]
 
@@ -72,7 +71,7 @@ class PanguConvertor(BaseConvertor):
     ``output_layer.weight`` still maps to ``lm_head.weight``, which SGLang's Pangu class skips
     for a tied model.
 
-    The packing is the sync's one copy, so when RLinf builds this convertor for a
+    Its copy is the sync's one copy, so when RLinf builds this convertor for a
     ``ReshardConfig`` that has no TP reshard function yet (its ``__post_init__`` builds the
     convertor first), it pairs it with the reshard that does not copy again
     (``tp_reshard_fn_pangu(copy=False)``). Without this convertor (``reshard_weights_format:
@@ -98,7 +97,7 @@ class PanguConvertor(BaseConvertor):
         return build_rules()
 
     def convert(self, state_dict: dict) -> dict[str, torch.Tensor]:
-        """Megatron tensors of one bucket -> HF-named tensors, all views of one new buffer."""
+        """Megatron tensors of one bucket -> HF-named tensors, each a new tensor copied once."""
         pieces = []
         for name, tensor in state_dict.items():
             mapped = self.map_name(name)
@@ -110,7 +109,7 @@ class PanguConvertor(BaseConvertor):
             views = unfuse_views(FUSE_FOR_TRANSFORM[transform], tensor, self._kv_groups, self._q_per_group,
                                  self._head_dim, self._stacked, name=name)
             pieces += [(hf, view, shape) for hf, (view, shape) in zip(targets, views, strict=True)]
-        return pack(pieces)
+        return materialize(pieces)
 
 
 def convert_mega_pangu_to_hf(state_dict: Mapping[str, torch.Tensor], config: Any, strict: bool = True) -> dict[str, torch.Tensor]:

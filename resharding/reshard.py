@@ -63,7 +63,7 @@ def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor:
     that is not part of Pangu.
 
     ``copy=False`` returns this rank's own parameters (not gathered, not cut) as they are:
-    only for a convertor that copies everything it is given (``PanguConvertor`` packs), which
+    only for a convertor that copies everything it is given (``PanguConvertor`` does), which
     pairs itself with this variant. RLinf's default, ``copy=True``, hands out new tensors.
     """
     tp = parallel_state.get_tensor_model_parallel_world_size()

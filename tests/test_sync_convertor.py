@@ -109,7 +109,7 @@ def test_unknown_tensor_is_an_error_naming_it(registered, tiny_fp32):
 
 
 @pytest.mark.parametrize("actor_tp,rollout_tp", [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4)])
-def test_packed_convert_equals_rlinf_transform_funcs(registered, tiny_fp32, actor_tp, rollout_tp):
+def test_one_copy_convert_equals_rlinf_transform_funcs(registered, tiny_fp32, actor_tp, rollout_tp):
     """Our views-and-one-copy transforms give exactly what RLinf's own TransformFuncs give for the
     same rules (BaseConvertor.convert), on every rollout rank."""
     from rlinf.utils.convertor.utils import BaseConvertor
@@ -124,14 +124,14 @@ def test_packed_convert_equals_rlinf_transform_funcs(registered, tiny_fp32, acto
         assert L.compare_exact(convertor.convert(state), BaseConvertor.convert(convertor, state)) == []
 
 
-def test_bucket_is_one_storage_aliasing_no_input(registered, tiny_fp32):
-    """One CUDA IPC handle per bucket for the rollout, and the one copy the sync must make."""
+def test_converted_tensors_alias_no_input(registered, tiny_fp32):
+    """The convertor's copy is the sync's one copy: nothing it returns shares memory with what it
+    was given (RLinf's live parameters, when the no-copy reshard feeds it)."""
     hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
-    state = _megatron_state(hf, cfg, 2)
-    out = _reshard_config(tiny_fp32, 2).convert_fn(state)
-    storages = {t.untyped_storage().data_ptr() for t in out.values()}
-    assert len(storages) == 1
-    assert storages.isdisjoint(t.untyped_storage().data_ptr() for t in state.values())
+    state = _megatron_state(hf, cfg, 1)
+    out = _reshard_config(tiny_fp32, 1).convert_fn(state)
+    given = {t.untyped_storage().data_ptr() for t in state.values()}
+    assert given.isdisjoint(t.untyped_storage().data_ptr() for t in out.values())
     assert all(t.is_contiguous() for t in out.values())
     before = out["model.layers.0.self_attn.k_proj.weight"].clone()
     state["decoder.layers.0.self_attention.linear_qkv.weight"].add_(1.0)
@@ -146,9 +146,9 @@ def test_wrong_qkv_shape_is_a_layout_error_naming_the_tensor(registered, tiny_fp
         _reshard_config(tiny_fp32, 1).convert_fn({name: torch.zeros(7, 128)})
 
 
-def test_sglang_format_pairs_packing_with_the_no_copy_reshard(registered, tiny_fp32):
+def test_sglang_format_pairs_the_copying_convertor_with_the_no_copy_reshard(registered, tiny_fp32):
     """RLinf builds the convertor before it picks a TP reshard: ours takes the one that does not
-    copy (the packing copies); the mcore format and a caller's own convert_fn keep the copying one."""
+    copy (the convertor copies); the mcore format and a caller's own convert_fn keep the copying one."""
     from resharding.reshard import tp_reshard_fn_pangu
 
     paired = L.reshard_config(tiny_fp32, 2, 1).tp_reshard_fn
