@@ -413,10 +413,6 @@ def driver_environment(cfg: Any) -> None:
     os.environ[ENV_MAX_TOTAL_TOKENS] = str(int(cfg.rollout.get("cpu_max_total_tokens", 4096)))
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # nothing may pick up a GPU by accident
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # several processes share few cores
-    # Ray's OOM killer counts the page cache as used memory: on a small host that has just read a
-    # large checkpoint it killed this run's workers at "95%" while they held a few GB. The kernel's
-    # OOM killer still guards real exhaustion.
-    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
 
 
 def driver_placement(placement: Any) -> None:
