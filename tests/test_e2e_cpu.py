@@ -39,6 +39,15 @@ STEPS = 2
 pytestmark = pytest.mark.slow
 
 
+def _failure_summary(log: str) -> str:
+    """The lines that say why a run failed (progress bars bury them in the log's tail)."""
+    import re
+
+    lines = [ln for ln in log.replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln]
+    causes = [ln for ln in lines if re.search(r"Error|Exception|Traceback|OOM|killed|Failed", ln) and "Ignore import error" not in ln]
+    return "\n".join(["causes:", *causes[-40:], "", "tail:", *lines[-40:]])[-8000:]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
@@ -54,7 +63,7 @@ def run(tmp_path_factory):
     elapsed = time.monotonic() - t0
     log = p.stdout + p.stderr
     (out / "driver.log").write_text(log)
-    assert p.returncode == 0, log[-6000:]
+    assert p.returncode == 0, _failure_summary(log)
     run_dir = out / "pangu-tiny-grpo-cpu"
     print(f"\n[e2e] {STEPS} GRPO steps incl. start-up: {elapsed:.0f} s", file=sys.stderr)
     return {"dir": run_dir, "ckpt": ckpt, "log": log}
