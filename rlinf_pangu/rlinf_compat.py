@@ -394,6 +394,7 @@ def make_sync_bucket_capacity(original: Callable) -> Callable:
             if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
                 raise ValueError(f"actor.sync_bucket_capacity must be a positive number of bytes, got {capacity!r}")
             self.rollout_weights_reshard.bucket_capacity = capacity
+        log.info("weight-sync bucket capacity: %d MiB", self.rollout_weights_reshard.bucket_capacity // 2**20)
         return out
 
     init_worker_customize.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]

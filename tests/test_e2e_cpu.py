@@ -90,6 +90,11 @@ def test_every_step_is_reported(run):
     assert "[grpo]  step" in run["log"] or "[grpo] step" in run["log"]
 
 
+def test_sync_bucket_capacity_reaches_the_actor(run):
+    """configs/rlinf sets actor.sync_bucket_capacity (1 GiB); RLinf's Megatron actor uses it."""
+    assert "weight-sync bucket capacity: 1024 MiB" in run["log"]
+
+
 def test_actor_weights_changed(run):
     start = _megatron_state(run["dir"] / "converted_ckpts" / "actor")
     after = _megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")
