@@ -45,13 +45,9 @@ def _gather_cat(tensor: torch.Tensor, dim: int, world: int, group, copy: bool = 
     if world == 1:
         return tensor.clone() if copy else tensor
     src = tensor.contiguous()
-    if dim == 0:
-        out = torch.empty((world * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
-        dist.all_gather_into_tensor(out, src, group=group)
-        return out
-    parts = torch.empty((world * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
-    dist.all_gather_into_tensor(parts, src, group=group)
-    return torch.cat(parts.chunk(world, 0), dim)
+    out = torch.empty((world * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
+    dist.all_gather_into_tensor(out, src, group=group)
+    return out if dim == 0 else torch.cat(out.chunk(world, 0), dim)
 
 
 def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor: int, tp_group, *, copy: bool = True) -> dict[str, torch.Tensor]:
