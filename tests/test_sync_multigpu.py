@@ -29,11 +29,6 @@ pytestmark = [
 FLOOR_MARGIN = 5e-3
 
 
-def _tokens(n: int, seed: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, 150000, (n,), generator=g).tolist()
-
-
 def test_nccl_reshard_is_bit_exact_on_two_gpus(tiny_fp32, tmp_path):
     from harness import run_ranks
 
@@ -52,7 +47,7 @@ def test_nccl_reshard_is_bit_exact_on_two_gpus(tiny_fp32, tmp_path):
 def test_actor_tp2_sync_into_sglang_tp2_and_tp1_matches_megatron(tiny_fp32):
     from harness import run_ranks
 
-    per_rank = run_ranks(L.gpu_post_sync_rank, 2, str(tiny_fp32), _tokens(33, 12), _tokens(24, 11),
+    per_rank = run_ranks(L.gpu_post_sync_rank, 2, str(tiny_fp32), L._tokens(33, 12), L._tokens(24, 11),
                          timeout=420, grace=30, gpus=True)
     res = per_rank[0]
     print(res)
