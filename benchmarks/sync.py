@@ -22,7 +22,10 @@ Variants, interleaved round by round in the same process against the same engine
 ``--transforms pangu`` (what Pangu ships: the convertor's splits as views, each tensor copied
 once) and ``rlinf`` (the same rules run by RLinf's own ``TransformFunc``s behind the copying
 reshard: two or three copies); ``--bucket-mb`` takes several capacities to compare.
-The first of each list is the shipped configuration the goal is judged on.
+``--modes``: ``serial`` times reshard and load one after the other (and separately); ``overlap``
+follows RLinf's order, where the actor reshards bucket i+1 while SGLang loads bucket i (its sends
+are asynchronous), so only the total is meaningful. The first of each list is the configuration the
+goal is judged on.
 
 The baseline is one device-to-device copy of every Megatron parameter into a preallocated buffer
 of the same size (the bytes any sync must move at least once). Goal: sync <= 10x the copy. After
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import statistics
 import tempfile
@@ -80,7 +84,47 @@ def _copy_baseline(params: list[torch.Tensor], device: str) -> float:
     return dt
 
 
-def _sync_round(eng, model, tc, params, probe, device: str, transforms: str, bucket_mb: int, times_file: Path) -> dict:
+def _push_serial(eng, buckets, device: str) -> tuple[int, float, float]:
+    """Reshard a bucket, load it, then the next: ``(buckets, reshard s, load s)``, each synchronised."""
+    n, reshard_s, load_s = 0, 0.0, 0.0
+    while True:
+        tb = time.perf_counter()
+        bucket = next(buckets, None)
+        C.sync(device)
+        reshard_s += time.perf_counter() - tb
+        if bucket is None:
+            return n, reshard_s, load_s
+        tl = time.perf_counter()
+        C._update(eng, bucket, TIMED_LOADER, flush=False)
+        load_s += time.perf_counter() - tl
+        n += 1
+        del bucket
+
+
+def _push_overlapped(eng, buckets) -> tuple[int, float, float]:
+    """RLinf's order: the actor reshards bucket i+1 while SGLang loads bucket i (its sends are
+    asynchronous, one bucket in flight). ``(buckets, s producing buckets, s waiting on loads)``:
+    the two overlap, so they do not add up to the sync."""
+    n, produce_s, wait_s = 0, 0.0, 0.0
+    with ThreadPoolExecutor(1, thread_name_prefix="sglang-load") as pool:
+        pending = None
+        while True:
+            tb = time.perf_counter()
+            bucket = next(buckets, None)
+            tw = time.perf_counter()
+            produce_s += tw - tb
+            if pending is not None:
+                pending.result()
+            wait_s += time.perf_counter() - tw
+            if bucket is None:
+                return n, produce_s, wait_s
+            pending = pool.submit(C._update, eng, bucket, TIMED_LOADER, False)
+            n += 1
+            del bucket
+
+
+def _sync_round(eng, model, tc, params, probe, device: str, transforms: str, bucket_mb: int, mode: str,
+                times_file: Path) -> dict:
     """Update every weight, then time one sync of it into SGLang (see the module docstring)."""
     with torch.no_grad():
         for p in params:
@@ -89,30 +133,22 @@ def _sync_round(eng, model, tc, params, probe, device: str, transforms: str, buc
     times_file.write_text("")
     C.sync(device)
     t0 = time.perf_counter()
-    reshard_s = load_s = 0.0
     buckets = C.rlinf_sync_buckets(model, tc, transforms=transforms, bucket_capacity=bucket_mb * 2**20)
-    n = 0
-    while True:
-        tb = time.perf_counter()
-        bucket = next(buckets, None)
-        C.sync(device)
-        reshard_s += time.perf_counter() - tb
-        if bucket is None:
-            break
-        tl = time.perf_counter()
-        C._update(eng, bucket, TIMED_LOADER, flush=False)
-        load_s += time.perf_counter() - tl
-        n += 1
-        del bucket
+    n, reshard_s, load_s = _push_overlapped(eng, buckets) if mode == "overlap" else _push_serial(eng, buckets, device)
     tf = time.perf_counter()
     eng.flush_cache()
     eng.generate(input_ids=probe, sampling_params={"max_new_tokens": 1, "temperature": 0})
     serve_s = time.perf_counter() - tf
     total = time.perf_counter() - t0
     inside = [float(line.split()[0]) for line in times_file.read_text().split("\n") if line.strip()]
-    return {"transforms": transforms, "bucket_mb": bucket_mb, "buckets": n, "sync_s": total, "reshard_s": reshard_s,
-            "load_s": load_s, "sglang_load_weights_s": sum(inside), "load_transport_s": load_s - sum(inside),
-            "flush_and_first_request_s": serve_s, "copy_s": copy_s, "ratio": total / copy_s}
+    return {"transforms": transforms, "bucket_mb": bucket_mb, "mode": mode, "buckets": n, "sync_s": total,
+            "reshard_s": reshard_s, "load_s": load_s, "sglang_load_weights_s": sum(inside),
+            "load_transport_s": load_s - sum(inside), "flush_and_first_request_s": serve_s, "copy_s": copy_s,
+            "ratio": total / copy_s}
+
+
+def _name(transforms: str, bucket_mb: int, mode: str) -> str:
+    return f"{transforms}@{bucket_mb}MiB/{mode}"
 
 
 def main() -> None:
@@ -126,12 +162,16 @@ def main() -> None:
                          "actor.sync_bucket_capacity = 1024 MiB; RLinf's default: 128)")
     ap.add_argument("--transforms", default="pangu,rlinf",
                     help="comma-separated: pangu (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
+    ap.add_argument("--modes", default="serial,overlap",
+                    help="comma-separated: serial (reshard, load, reshard, ...) and/or overlap (RLinf's order: the next "
+                         "bucket resharded while the previous loads)")
     ap.add_argument("--mem-fraction", type=float, default=0.35, help="SGLang's mem_fraction_static (GPU)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
     a = ap.parse_args()
-    variants = [(t, int(b)) for t in a.transforms.split(",") for b in a.bucket_mb.split(",")]
-    shipped = ("pangu", int(a.bucket_mb.split(",")[0]))
+    modes = a.modes.split(",")
+    variants = [(t, int(b), m) for t in a.transforms.split(",") for b in a.bucket_mb.split(",") for m in modes]
+    shipped = ("pangu", int(a.bucket_mb.split(",")[0]), modes[0])
 
     C.register()
     work = Path(a.work or tempfile.mkdtemp(prefix="sync_bench_"))
@@ -153,8 +193,8 @@ def main() -> None:
         C.log(f"Megatron {a.preset}: {sum(p.numel() for p in params) / 1e9:.2f} B params, {nbytes / 2**30:.2f} GiB")
         probe = C.random_tokens(1, 16, cfg.vocab_size, seed=3)
         for r in range(a.repeats + 1):  # round 0 warms each variant up (allocator, IPC, kernels)
-            for transforms, bucket_mb in variants:  # interleaved: drift hits every variant alike
-                row = {"round": r, **_sync_round(eng, model, tc, params, probe, a.device, transforms, bucket_mb, times_file)}
+            for transforms, bucket_mb, mode in variants:  # interleaved: drift hits every variant alike
+                row = {"round": r, **_sync_round(eng, model, tc, params, probe, a.device, transforms, bucket_mb, mode, times_file)}
                 C.log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
                 if r:
                     rounds.append(row)
@@ -168,23 +208,23 @@ def main() -> None:
 
     keys = ("sync_s", "reshard_s", "load_s", "sglang_load_weights_s", "load_transport_s", "flush_and_first_request_s", "copy_s", "ratio")
     by_variant = {}
-    for transforms, bucket_mb in variants:
-        rows = [r for r in rounds if (r["transforms"], r["bucket_mb"]) == (transforms, bucket_mb)]
+    for transforms, bucket_mb, mode in variants:
+        rows = [r for r in rounds if (r["transforms"], r["bucket_mb"], r["mode"]) == (transforms, bucket_mb, mode)]
         med = {k: statistics.median(r[k] for r in rows) for k in keys}
         med["buckets"] = rows[0]["buckets"]
-        by_variant[f"{transforms}@{bucket_mb}MiB"] = med
-    main_med = by_variant[f"{shipped[0]}@{shipped[1]}MiB"]
+        by_variant[_name(transforms, bucket_mb, mode)] = med
+    main_med = by_variant[_name(*shipped)]
     ratio = main_med["sync_s"] / main_med["copy_s"]
     result = {
         "what": "Megatron -> SGLang weight sync (RLinf reshard + Pangu convertor + RLinf-style presharded load) vs one device copy of the same bytes",
         "preset": a.preset, "layers": cfg.num_hidden_layers, "dtype": "bf16", "bytes": nbytes,
-        "shipped": f"{shipped[0]}@{shipped[1]}MiB", "rounds": rounds, "median": by_variant, "ratio": ratio, "goal_ratio": GOAL_RATIO,
+        "shipped": _name(*shipped), "rounds": rounds, "median": by_variant, "ratio": ratio, "goal_ratio": GOAL_RATIO,
         "pass": ratio <= GOAL_RATIO, "post_sync_mean_exp_abs_dlogp": check[0], "post_sync_max_abs_dlogp": check[1],
         "sync_GB_per_s": nbytes / main_med["sync_s"] / 1e9, "copy_GB_per_s": nbytes / main_med["copy_s"] / 1e9,
     }
     C.write_result(a.out, f"sync_{a.preset}_{a.device}", result)
     for name, med in by_variant.items():
-        print(f"{name:>20}: sync {med['sync_s']:.3f} s (reshard {med['reshard_s']:.3f}, load {med['load_s']:.3f} = "
+        print(f"{name:>26}: sync {med['sync_s']:.3f} s (reshard {med['reshard_s']:.3f}, load {med['load_s']:.3f} = "
               f"load_weights {med['sglang_load_weights_s']:.3f} + transport {med['load_transport_s']:.3f}, "
               f"flush+request {med['flush_and_first_request_s']:.3f}; {med['buckets']} buckets) = {med['ratio']:.1f}x copy", flush=True)
     print(("PASS" if result["pass"] else "FAIL") + f": {result['shipped']} sync {main_med['sync_s']:.3f} s vs copy {main_med['copy_s']:.4f} s = {ratio:.1f}x (goal <= {GOAL_RATIO}x)", flush=True)
