@@ -22,10 +22,12 @@ Variants, interleaved round by round in the same process against the same engine
 ``--transforms pangu`` (what Pangu ships: the convertor's splits as views, each tensor copied
 once) and ``rlinf`` (the same rules run by RLinf's own ``TransformFunc``s behind the copying
 reshard: two or three copies); ``--bucket-mb`` takes several capacities to compare.
-``--modes``: ``serial`` times reshard and load one after the other (and separately); ``overlap``
-follows RLinf's order, where the actor reshards bucket i+1 while SGLang loads bucket i (its sends
-are asynchronous), so only the total is meaningful. The first of each list is the configuration the
-goal is judged on.
+``--modes``: ``overlap`` follows RLinf's order, where the actor reshards bucket i+1 while SGLang
+loads bucket i (``MegatronActor.sync_model_to_rollout`` sends asynchronously and waits for a send
+only before the next one; here the next bucket waits for the previous *load*, which is stricter),
+so only the total is meaningful; ``serial`` times reshard and load one after the other, which
+splits the time into its parts. The first of each list is the configuration the goal is judged on:
+by default Pangu's shipped convertor, 1 GiB buckets (Pangu's configs), RLinf's order.
 
 The baseline is one device-to-device copy of every Megatron parameter into a preallocated buffer
 of the same size (the bytes any sync must move at least once). Goal: sync <= 10x the copy. After
@@ -162,9 +164,9 @@ def main() -> None:
                          "actor.sync_bucket_capacity = 1024 MiB; RLinf's default: 128)")
     ap.add_argument("--transforms", default="pangu,rlinf",
                     help="comma-separated: pangu (what Pangu ships) and/or rlinf (RLinf's own TransformFuncs, the comparison point)")
-    ap.add_argument("--modes", default="serial,overlap",
-                    help="comma-separated: serial (reshard, load, reshard, ...) and/or overlap (RLinf's order: the next "
-                         "bucket resharded while the previous loads)")
+    ap.add_argument("--modes", default="overlap,serial",
+                    help="comma-separated: overlap (RLinf's order: the next bucket resharded while the previous loads) "
+                         "and/or serial (reshard, load, reshard, ...: the time split into its parts)")
     ap.add_argument("--mem-fraction", type=float, default=0.35, help="SGLang's mem_fraction_static (GPU)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_results"))
