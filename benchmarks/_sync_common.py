@@ -194,29 +194,41 @@ def build_megatron(hf_cfg, dtype: torch.dtype, device: str, hf_state: dict[str, 
     return model, tc
 
 
+#: ``--transforms`` of the sync benchmarks: what Pangu ships, the same without packing, RLinf's own.
+TRANSFORMS = ("pangu", "pangu-tensors", "rlinf")
+
+
 def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "pangu", **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
     """RLinf's sync on this process: divide_model_to_bucket, then gather_and_reshard_model
-    (reshard + Pangu's convertor) per bucket, yielding HF-named tensors.
+    (reshard + Pangu's convertor) per bucket, yielding what RLinf would send.
 
-    ``transforms="rlinf"`` is the comparison point: the same rules executed by RLinf's own
-    ``TransformFunc``s (``BaseConvertor.convert``) behind the copying TP reshard, i.e. a tensor
-    copied two or three times; ``"pangu"`` is what Pangu ships (split as views, each tensor copied once).
+    ``"pangu"`` is what Pangu ships: the splits as views, each tensor copied once into one packed
+    buffer per bucket (``rlinf_pangu.packed_bucket``; SGLang's Pangu class unpacks it).
+    ``"pangu-tensors"``: the same copy into a new tensor per HF name (one CUDA IPC handle each).
+    ``"rlinf"`` is the comparison point: the same rules executed by RLinf's own ``TransformFunc``s
+    (``BaseConvertor.convert``) behind the copying TP reshard, i.e. a tensor copied two or three times.
     """
+    import functools
+
     from rlinf.utils.convertor.utils import BaseConvertor
     from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
     from rlinf.utils.resharding.reshard_config import ReshardConfig
 
     from resharding.convertor import PanguConvertor
+    from resharding.reshard import tp_reshard_fn_pangu
 
     holder: dict[str, Any] = {}
     if transforms == "rlinf":
         reshard_kw["convert_fn"] = lambda sd: BaseConvertor.convert(holder["convertor"], sd)
+    elif transforms == "pangu-tensors":
+        reshard_kw["convert_fn"] = lambda sd: holder["convertor"].convert(sd)
+        reshard_kw["tp_reshard_fn"] = functools.partial(tp_reshard_fn_pangu, copy=False)
     elif transforms != "pangu":
-        raise ValueError(f"transforms must be 'pangu' or 'rlinf', not {transforms!r}")
+        raise ValueError(f"transforms must be one of {TRANSFORMS}, not {transforms!r}")
     reshard = MegatronCoreWeightReshard(
         ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **reshard_kw)
     )
-    holder["convertor"] = PanguConvertor(reshard.config, strict=True)
+    holder["convertor"] = PanguConvertor(reshard.config, strict=True, packed=transforms == "pangu")
     for bucket in reshard.divide_model_to_bucket([model]):
         yield reshard.gather_and_reshard_model(bucket, 0)
 

@@ -6,7 +6,9 @@
   calls for model_type ``pangu`` (the replicated o_proj bias is cloned, the vocabulary is cut to
   SGLang's padded shard);
 * :mod:`resharding.vocab` — SGLang's vocabulary sharding, and why Megatron's split misses it;
-* :mod:`resharding.materialize` — the sync's one copy of every tensor, splits included.
+* :mod:`resharding.materialize` — every tensor copied once into its own storage, splits included
+  (``convert_mega_pangu_to_hf``); RLinf's sync packs each bucket into one buffer instead
+  (:mod:`rlinf_pangu.packed_bucket`).
 
 :func:`register` puts the convertor into RLinf's ``_MG2HF_CONVERTOR_REGISTRY`` and the reshard
 functions into the tables the patched ``get_tp_reshard_fn``/``get_pp_reshard_fn`` consult

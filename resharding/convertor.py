@@ -13,8 +13,11 @@ converter or the SGLang loader. What Pangu adds over RLinf's Qwen2.5 rules: the 
 
 The rules decide names and transforms; :meth:`PanguConvertor.convert` then performs each
 transform as strided views (``rlinf_pangu.layout.unfuse_views``, the same split RLinf's
-``TransformFunc`` makes, checked bit for bit against it), each copied once into its own new
-tensor (:mod:`resharding.materialize`). RLinf's own functions copy every tensor two or three times.
+``TransformFunc`` makes, checked bit for bit against it), each copied once. RLinf's own functions
+copy every tensor two or three times. In RLinf's sync the copy goes into one buffer per bucket
+(:mod:`rlinf_pangu.packed_bucket`, which SGLang's Pangu class unpacks): the rollout then opens one
+CUDA IPC handle per bucket instead of one per tensor. :func:`convert_mega_pangu_to_hf` returns
+plain HF names, each tensor in its own storage (:mod:`resharding.materialize`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from rlinf.utils.convertor.utils import BaseConvertor, ConvertorRule, TransformType
 
 from rlinf_pangu.layout import LAYOUT, NORM_ALIASES, Fuse, ParamMapping, unfuse_views
+from rlinf_pangu.packed_bucket import pack
 
 from .materialize import materialize
 
@@ -76,10 +80,14 @@ class PanguConvertor(BaseConvertor):
     convertor first), it pairs it with the reshard that does not copy again
     (``tp_reshard_fn_pangu(copy=False)``). Without this convertor (``reshard_weights_format:
     mcore``, or a caller's own ``convert_fn``) RLinf picks the copying reshard as before.
+
+    ``packed`` (the default, what RLinf's registry builds): each bucket comes back as one buffer
+    under a manifest key (:mod:`rlinf_pangu.packed_bucket`); ``False``: HF names, a tensor each.
     """
 
-    def __init__(self, config, strict: bool = False):
+    def __init__(self, config, strict: bool = False, packed: bool = True):
         super().__init__(config, strict)
+        self.packed = packed
         mc = config.model_config
         heads = mc.num_attention_heads
         groups = mc.num_query_groups or heads
@@ -97,7 +105,8 @@ class PanguConvertor(BaseConvertor):
         return build_rules()
 
     def convert(self, state_dict: dict) -> dict[str, torch.Tensor]:
-        """Megatron tensors of one bucket -> HF-named tensors, each a new tensor copied once."""
+        """Megatron tensors of one bucket -> HF tensors, each copied once: one packed buffer
+        (``packed``), or a new tensor per HF name."""
         pieces = []
         for name, tensor in state_dict.items():
             mapped = self.map_name(name)
@@ -109,7 +118,7 @@ class PanguConvertor(BaseConvertor):
             views = unfuse_views(FUSE_FOR_TRANSFORM[transform], tensor, self._kv_groups, self._q_per_group,
                                  self._head_dim, self._stacked, name=name)
             pieces += [(hf, view, shape) for hf, (view, shape) in zip(targets, views, strict=True)]
-        return materialize(pieces)
+        return pack(pieces) if self.packed else materialize(pieces)
 
 
 def convert_mega_pangu_to_hf(state_dict: Mapping[str, torch.Tensor], config: Any, strict: bool = True) -> dict[str, torch.Tensor]:
@@ -118,4 +127,4 @@ def convert_mega_pangu_to_hf(state_dict: Mapping[str, torch.Tensor], config: Any
     ``strict`` (the default, as RLinf's ReshardConfig uses it) raises ``KeyError`` naming any
     tensor that is not part of Pangu, instead of silently dropping it.
     """
-    return PanguConvertor(config, strict=strict).convert(dict(state_dict))
+    return PanguConvertor(config, strict=strict, packed=False).convert(dict(state_dict))

@@ -1,4 +1,6 @@
-"""The sync's one copy: every HF tensor of a bucket written once, from a strided view, into its own tensor.
+"""Every HF tensor of a bucket written once, from a strided view, into its own tensor
+(``convert_mega_pangu_to_hf``, and the convertor with ``packed=False``; RLinf's sync packs the
+bucket into one buffer instead, :mod:`rlinf_pangu.packed_bucket`).
 
 The rollout may not hold views of parameters the actor goes on to update or offload, so the sync
 must copy every tensor once. RLinf's own ``TransformFunc``s copy two or three times (``clone``
@@ -6,10 +8,9 @@ in the TP reshard, ``contiguous`` then ``clone`` in the QKV and fc1 splits). Her
 gate/up splits are strided views of the Megatron tensor (``rlinf_pangu.layout.unfuse_views``),
 each copied once into a new tensor of its HF shape.
 
-Why a storage per tensor, not one flat buffer per bucket (fewer CUDA IPC handles to open): RLinf
-sends the first bucket as a pickled object (it carries ``bucket_length``), and pickling a view
-writes its whole storage, so every tensor of a packed bucket would carry the entire bucket. On the
-CPU that took the e2e run out of memory; measured on the GPU the flat buffer saved ~5 ms of 0.15 s.
+Why a storage per tensor and not views of one shared buffer: pickling a view writes its whole
+storage (RLinf pickles its first bucket), so every tensor would carry the entire bucket; that took
+the CPU e2e run out of memory once.
 """
 
 from __future__ import annotations

@@ -66,8 +66,23 @@ def rollout_reference(hf: dict[str, torch.Tensor], cfg, rollout_tp: int, rollout
     return out
 
 
+def unpacked(bucket: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A sync bucket by HF name: a packed bucket (rlinf_pangu.packed_bucket) as views of its
+    buffer, plain names as they are."""
+    from rlinf_pangu.packed_bucket import expand
+
+    return dict(expand(bucket.items()))
+
+
+def is_one_packed_buffer(bucket: dict[str, torch.Tensor]) -> bool:
+    from rlinf_pangu.packed_bucket import is_packed
+
+    return len(bucket) == 1 and is_packed(next(iter(bucket)))
+
+
 def compare_exact(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> list[str]:
-    """Names that differ in presence, shape, dtype or any bit."""
+    """Names that differ in presence, shape, dtype or any bit (``got`` may be packed)."""
+    got = unpacked(got)
     bad = [f"missing {k}" for k in want if k not in got] + [f"extra {k}" for k in got if k not in want]
     for k in want.keys() & got.keys():
         a, b = got[k], want[k]
@@ -137,7 +152,7 @@ def aliases_params(synced: dict[str, torch.Tensor], model) -> list[str]:
     """Synced tensors that share memory with a live parameter (the rollout would see the actor's
     later updates, or freed memory after an offload)."""
     live = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sorted(k for k, t in synced.items() if t.untyped_storage().data_ptr() in live)
+    return sorted(k for k, t in unpacked(synced).items() if t.untyped_storage().data_ptr() in live)
 
 
 def layer_bytes(model) -> int:
@@ -242,9 +257,10 @@ def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: st
         capacity = int(layer_bytes(model) * BUCKET_LAYERS)
         for rtp in phase["rollout_tps"]:
             keys, outs = run_sync(model, tc, rtp, capacity)
+            packed = all(is_one_packed_buffer(o) for o in outs)
             got: dict[str, torch.Tensor] = {}
             for o in outs:
-                got.update(o)
+                got.update(unpacked(o))
             aliased = aliases_params(got, model)
             got = {k: v.cpu() for k, v in got.items()}
             rr = rollout_rank_of(tp, rtp)
@@ -253,7 +269,7 @@ def sync_ranks(rank: int, world: int, ckpt: str, phases: list[dict], out_dir: st
                 "tp": tp, "pp": pp, "rollout_tp": rtp, "rank": rank, "rollout_rank": rr,
                 "mismatches": compare_exact(got, want), "n_tensors": len(got),
                 "aliases_params": aliased, "device": str(next(model.parameters()).device),
-                "n_buckets": len(keys), "split_layer": layer_split_across_buckets(keys),
+                "n_buckets": len(keys), "split_layer": layer_split_across_buckets(keys), "packed": packed,
             })
             if rtp == 2 and phase.get("save"):
                 torch.save(got, Path(out_dir) / f"rollout_tp2_rank{rr}.pt")
@@ -308,7 +324,7 @@ def two_rank_megatron_run(ckpt, tmp_path_factory) -> dict:
     step = torch.load(out / "after_step.pt", weights_only=False)
     step["seq"] = seq
     step["buckets_without_layers"] = [
-        {k: v for k, v in b.items() if not k.startswith("model.layers.")} for b in step["buckets"]
+        {k: v.clone() for k, v in unpacked(b).items() if not k.startswith("model.layers.")} for b in step["buckets"]
     ]
     _RUNS[key] = {
         "results": [r for rank in per_rank for r in rank],
@@ -510,12 +526,16 @@ def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int],
             served = _engine_logprobs(eng, seq)
             report.update(floor=_gap(served, before), stale=_gap(served, want))
         if rollout_tp == 2:
+            # One engine call carries every SGLang rank's handle under one name, but each rank's
+            # packed key names its own vocabulary rows (SGLang's shards differ by a few rows), so
+            # TP 2 goes by HF name. (In RLinf each rollout rank receives its own actor rank's bucket.)
+            buckets = [unpacked(b) for b in buckets]
             # The row-parallel halves only (o_proj, down_proj): swapping every layer tensor together
             # just moves whole heads/MLP columns to the other GPU, which sums to the same output.
             _push_per_rank(eng, buckets, rank, world, lambda r, name: 1 - r if name.endswith(ROW_PARALLEL) else r)
             if rank == 0:
                 report["swapped"] = _gap(_engine_logprobs(eng, seq), want)
-        # rollout TP 1: every actor rank holds the whole model; RLinf sends rank 0's
+        # rollout TP 1: every actor rank holds the whole model, packed; RLinf sends rank 0's
         _push_per_rank(eng, buckets, rank, world, (lambda r, name: r) if rollout_tp == 2 else (lambda r, name: 0))
         if rank == 0:
             report["after"] = _gap(_engine_logprobs(eng, seq), want)

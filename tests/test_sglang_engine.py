@@ -149,7 +149,7 @@ def test_negative_dropped_o_proj_bias_fails_post_sync_check(engine, after_step, 
 
     _restore_initial(engine, tiny_fp32)
     bad = NoOprojBias(L.reshard_config_rollout_tp1(tiny_fp32), strict=False).convert(after_step["megatron_layers"])
-    assert not any(k.endswith("o_proj.bias") for k in bad)
+    assert L.is_one_packed_buffer(bad) and not any(k.endswith("o_proj.bias") for k in L.unpacked(bad))
     _load(engine, after_step["buckets_without_layers"] + [bad])
     d = post_sync_max_dlogp(engine, after_step["seq"], after_step["logprobs"])
     assert d > 100 * FP32_LOGPROB_TOL, f"a sync without the o_proj bias passed the check (max |d| = {d:.3e})"
@@ -173,7 +173,7 @@ def test_negative_wrong_qkv_split_fails_post_sync_check(engine, after_step, tiny
             return out
 
     _restore_initial(engine, tiny_fp32)
-    bad = PlainQKV(L.reshard_config_rollout_tp1(tiny_fp32), strict=True).convert(after_step["megatron_layers"])
+    bad = PlainQKV(L.reshard_config_rollout_tp1(tiny_fp32), strict=True, packed=False).convert(after_step["megatron_layers"])
     _load(engine, after_step["buckets_without_layers"] + [bad])
     d = post_sync_max_dlogp(engine, after_step["seq"], after_step["logprobs"])
     assert d > 100 * FP32_LOGPROB_TOL, f"a sync with an ungrouped QKV split passed the check (max |d| = {d:.3e})"

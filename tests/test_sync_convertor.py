@@ -129,13 +129,32 @@ def test_converted_tensors_alias_no_input(registered, tiny_fp32):
     was given (RLinf's live parameters, when the no-copy reshard feeds it)."""
     hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
     state = _megatron_state(hf, cfg, 1)
-    out = _reshard_config(tiny_fp32, 1).convert_fn(state)
+    out = L.unpacked(_reshard_config(tiny_fp32, 1).convert_fn(state))
     given = {t.untyped_storage().data_ptr() for t in state.values()}
     assert given.isdisjoint(t.untyped_storage().data_ptr() for t in out.values())
     assert all(t.is_contiguous() for t in out.values())
+    # and the plain-name path (convert_mega_pangu_to_hf): its own storage per tensor
+    from resharding.convertor import convert_mega_pangu_to_hf
+
+    plain = convert_mega_pangu_to_hf(state, _reshard_config(tiny_fp32, 1))
+    assert given.isdisjoint(t.untyped_storage().data_ptr() for t in plain.values())
     before = out["model.layers.0.self_attn.k_proj.weight"].clone()
     state["decoder.layers.0.self_attention.linear_qkv.weight"].add_(1.0)
     assert torch.equal(out["model.layers.0.self_attn.k_proj.weight"], before)
+
+
+def test_rlinf_sync_convertor_packs_a_bucket_and_the_public_function_gives_hf_names(registered, tiny_fp32):
+    """What RLinf's sync calls (the registry's convertor) sends one buffer per bucket; the
+    public convert_mega_pangu_to_hf gives plain HF names; both carry the same bits."""
+    from resharding.convertor import convert_mega_pangu_to_hf
+
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    rc = _reshard_config(tiny_fp32, 1)
+    packed = rc.convert_fn(_megatron_state(hf, cfg, 1))
+    plain = convert_mega_pangu_to_hf(_megatron_state(hf, cfg, 1), rc)
+    assert L.is_one_packed_buffer(packed)
+    assert "model.layers.0.self_attn.o_proj.bias" in plain
+    assert L.compare_exact(packed, plain) == []
 
 
 def test_wrong_qkv_shape_is_a_layout_error_naming_the_tensor(registered, tiny_fp32):

@@ -42,6 +42,7 @@ def test_nccl_reshard_is_bit_exact_on_two_gpus(tiny_fp32, tmp_path):
         assert r["mismatches"] == [], f"{r['tp']}x{r['pp']}->{r['rollout_tp']} rank {r['rank']}: {r['mismatches'][:5]}"
         assert r["aliases_params"] == [], r["aliases_params"][:5]
         assert r["n_buckets"] > 1 and r["split_layer"]
+        assert r["packed"], "RLinf's sync did not send each bucket as one packed buffer"
 
 
 def test_actor_tp2_sync_into_sglang_tp2_and_tp1_matches_megatron(tiny_fp32):

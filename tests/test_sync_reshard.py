@@ -28,6 +28,7 @@ def _check(results, tp, pp, rollout_tp, ranks):
         assert r["mismatches"] == [], f"rank {r['rank']}: {r['mismatches'][:5]}"
         assert r["aliases_params"] == [], f"rank {r['rank']} sends live parameters: {r['aliases_params'][:5]}"
         assert r["n_buckets"] > 1 and r["split_layer"], "no bucket boundary inside a layer"
+        assert r["packed"], "RLinf's sync did not send each bucket as one packed buffer"
 
 
 def test_actor_tp2_to_rollout_tp1_is_bit_exact(two_rank):

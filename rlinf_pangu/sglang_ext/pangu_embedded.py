@@ -8,6 +8,8 @@ SGLang's own. What this class owns is loading, for both an HF checkpoint and RLi
   :data:`rlinf_pangu.layout.SGLANG_STACKED_PARAMS`, the table every converter reads;
 * a tensor that has no parameter here is an error naming it (SGLang's Llama logs and skips it,
   which is how a renamed o_proj bias would go unnoticed);
+* a weight-sync bucket may arrive as one buffer (:mod:`rlinf_pangu.packed_bucket`), one CUDA IPC
+  handle instead of one per tensor;
 * the vocabulary-parallel tables (embedding, lm_head) accept the full vocabulary or exactly the
   rows SGLang's rank holds after its 64-row padding (what ``resharding`` sends at rollout
   TP > 1); Megatron's even split, which SGLang's own presharded loader would accept and misplace
@@ -25,7 +27,7 @@ from sglang.srt.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.llama import LlamaForCausalLM
 
-from rlinf_pangu import patches
+from rlinf_pangu import packed_bucket, patches
 from rlinf_pangu.layout import ROTARY_INV_FREQ, SGLANG_STACKED_PARAMS, LayoutError
 
 log = logging.getLogger(__name__)
@@ -94,13 +96,14 @@ class PanguEmbeddedForCausalLM(LlamaForCausalLM):
         return self._target_index
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load HF-named tensors (a checkpoint, or one bucket of RLinf's weight sync)."""
+        """Load HF-named tensors (a checkpoint, or one bucket of RLinf's weight sync, which may
+        come packed into one buffer: :mod:`rlinf_pangu.packed_bucket`)."""
         params, vocab = self._targets()
         tied = bool(getattr(self.config, "tie_word_embeddings", False))
         start, end = self.model.start_layer, self.model.end_layer
         pipeline = self.pp_group.world_size > 1
         loaded: set[str] = set()
-        for name, tensor in weights:
+        for name, tensor in packed_bucket.expand(weights):
             if ROTARY_INV_FREQ.search(name) or (tied and name == "lm_head.weight"):
                 continue
             layer = get_layer_id(name)
