@@ -32,7 +32,7 @@ loads bucket i (``MegatronActor.sync_model_to_rollout`` sends asynchronously and
 only before the next one; here the next bucket waits for the previous *load*, which is stricter),
 so only the total is meaningful; ``serial`` times reshard and load one after the other, which
 splits the time into its parts. The first of each list is the configuration the goal is judged on:
-by default Pangu's shipped convertor, 1 GiB buckets (Pangu's configs), RLinf's order.
+by default Pangu's shipped convertor, 2 GiB buckets (Pangu's configs), RLinf's order.
 
 The baseline is one device-to-device copy of every Megatron parameter into a preallocated buffer
 of the same size (the bytes any sync must move at least once). Goal: sync <= 10x the copy. After
@@ -181,9 +181,9 @@ def main() -> None:
     ap.add_argument("--preset", default="7b", choices=["tiny", "1b", "7b"])
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bucket-mb", default="1024,128",
+    ap.add_argument("--bucket-mb", default="2048,1024,128",
                     help="sync bucket capacity, comma-separated to compare; the first is judged (Pangu's configs: "
-                         "actor.sync_bucket_capacity = 1024 MiB; RLinf's default: 128)")
+                         "actor.sync_bucket_capacity = 2048 MiB; RLinf's default: 128)")
     ap.add_argument("--transforms", default=",".join(C.TRANSFORMS),
                     help="comma-separated: pangu (what Pangu ships: one copy into one packed buffer per bucket), "
                          "pangu-tensors (the same copy, a tensor per HF name), rlinf (RLinf's own TransformFuncs)")

@@ -45,7 +45,7 @@ for part in $parts; do
       "$py" -m pytest -m gpu -v -s -p no:cacheprovider tests/test_sync_multigpu.py tests/test_sync_gpu.py >"$out/gpu_tests.log" 2>&1
       echo "[gpu] gpu-tests rc=$?"; grep -E "PASS|FAIL|ERROR|passed|failed|rollout_tp|mean exp" "$out/gpu_tests.log" | tail -30 ;;
     sync)
-      "$py" benchmarks/sync.py --out "$out" --bucket-mb 1024,2048,128 --repeats 3 >"$out/sync_7b.log" 2>&1
+      "$py" benchmarks/sync.py --out "$out" --bucket-mb 2048,1024,128 --repeats 3 >"$out/sync_7b.log" 2>&1
       echo "[gpu] sync rc=$?"; tail -7 "$out/sync_7b.log" ;;
     grpo-1b) grpo grpo_1b examples/math/pangu-1b-grpo-megatron.yaml 420 runner.max_steps=2 \
         rollout.model.model_path=/tmp/pangu-1b-random pangu.make_checkpoint.enabled=true ;;
