@@ -1,4 +1,4 @@
-"""resharding.materialize: the sync's one copy, a storage per tensor."""
+"""resharding.materialize (convert_mega_pangu_to_hf, and the convertor with packed=False): one copy, a storage per tensor."""
 
 from __future__ import annotations
 
