@@ -15,21 +15,24 @@ Why one buffer of its own (not views of a shared buffer per tensor): RLinf pickl
 (it carries ``bucket_length``), and pickling a view writes its whole storage (each tensor would
 carry the entire bucket); a single tensor pickles once.
 
-Only SGLang's Pangu class reads it (:func:`expand` at the top of its ``load_weights``); a receiver
-that does not would fail on the key, whose prefix names this module.
+Only SGLang's Pangu class reads it (:func:`expand` at the top of its ``load_weights``). Another
+model class would skip the unknown key and serve stale weights, so RLinf's actor packs only when
+:func:`rollout_reads_packed` says its rollout is that class (patch
+``rlinf.MegatronActor:rollout-sync-setup``); otherwise it sends a tensor per HF name.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
 from .layout import LayoutError
 
-__all__ = ["KEY_PREFIX", "ALIGN", "Entry", "pack", "is_packed", "unpack", "expand"]
+__all__ = ["KEY_PREFIX", "ALIGN", "Entry", "pack", "is_packed", "unpack", "expand", "READER_ARCHITECTURE", "rollout_reads_packed"]
 
 #: Every packed key starts with this; the rest is the JSON manifest.
 KEY_PREFIX = "rlinf_pangu.packed_bucket/v1:"
@@ -128,3 +131,24 @@ def expand(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[
             yield from unpack(name, tensor)
         else:
             yield name, tensor
+
+
+#: The one reader of packed buckets: SGLang's class for this architecture (rlinf_pangu.sglang_ext).
+#: SGLang picks a model's class by the ``architectures`` of its config.json.
+READER_ARCHITECTURE = "PanguEmbeddedForCausalLM"
+
+
+def rollout_reads_packed(backend: str, model_path: str | Path) -> tuple[bool, str]:
+    """Whether a rollout unpacks packed buckets, and why. Any other reader (SGLang's Llama for a
+    config.json that names ``LlamaForCausalLM``, vLLM) would skip the packed key without an error
+    and serve stale weights, so it gets a tensor per HF name."""
+    if backend != "sglang":
+        return False, f"rollout_backend is {backend!r}, not 'sglang'"
+    path = Path(model_path) / "config.json"
+    try:
+        archs = json.loads(path.read_text()).get("architectures") or []
+    except (OSError, ValueError) as err:
+        return False, f"cannot read the architectures of {path}: {err}"
+    if archs[:1] != [READER_ARCHITECTURE]:
+        return False, f"{path} names {archs}, not {READER_ARCHITECTURE!r} first"
+    return True, f"SGLang serves {READER_ARCHITECTURE} (rlinf_pangu.sglang_ext)"

@@ -611,22 +611,23 @@ def _failure_handler_without_dashboard() -> None:
     after_import(_CLUSTER, install)
 
 
-SYNC_BUCKET_CAPACITY = "rlinf.MegatronActor:sync_bucket_capacity"
+ROLLOUT_SYNC_SETUP = "rlinf.MegatronActor:rollout-sync-setup"
 _MACTOR = "rlinf.workers.actor.megatron_actor_worker"
 
 
 @patch(
-    SYNC_BUCKET_CAPACITY,
-    why="RLinf's Megatron actor builds its rollout sync without a bucket capacity (ReshardConfig's 128 MiB; only its FSDP actor reads actor.sync_bucket_capacity): a 7B sync measured ~0.3 s in 68 buckets, ~0.15 s in 12 of 1 GiB",
+    ROLLOUT_SYNC_SETUP,
+    why="RLinf's Megatron actor builds its rollout sync from the model type alone: no bucket capacity (ReshardConfig's 128 MiB; a 7B sync measured 0.30 s vs 0.10 s in 2 GiB buckets) and no say in whether the rollout can unpack Pangu's packed buckets",
     module=_MACTOR,
     applies=lambda: "rollout_weights_reshard = MegatronCoreWeightReshard" in _src(_MACTOR)
-    and "bucket_capacity" not in _src(_MACTOR),
+    and "bucket_capacity" not in _src(_MACTOR)
+    and "get_mg2hf_convertor(self.model_type, self, strict=True)" in _src(_RESHARD_CONFIG),
 )
-def _honour_sync_bucket_capacity() -> None:
+def _rollout_sync_setup() -> None:
     def install(ma) -> None:
         fn = ma.MegatronActor.init_worker_customize
         if not hasattr(fn, "__rlinf_pangu_original__"):
-            ma.MegatronActor.init_worker_customize = _compat().make_sync_bucket_capacity(fn)
+            ma.MegatronActor.init_worker_customize = _compat().make_rollout_sync_setup(fn)
 
     after_import(_MACTOR, install)
 

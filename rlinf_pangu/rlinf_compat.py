@@ -382,19 +382,38 @@ def make_run(original: Callable, progress: Callable) -> Callable:
     return run
 
 
-def make_sync_bucket_capacity(original: Callable) -> Callable:
-    """After RLinf's ``MegatronActor.init_worker_customize`` built the rollout sync, give it the
+def _set_bucket_capacity(actor) -> None:
+    capacity = actor.cfg.actor.get("sync_bucket_capacity", None)
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"actor.sync_bucket_capacity must be a positive number of bytes, got {capacity!r}")
+        actor.rollout_weights_reshard.bucket_capacity = capacity
+    log.info("weight-sync bucket capacity: %d MiB", actor.rollout_weights_reshard.bucket_capacity // 2**20)
+
+
+def _choose_packing(actor) -> None:
+    from resharding.convertor import PanguConvertor
+
+    from .packed_bucket import rollout_reads_packed
+
+    convertor = getattr(getattr(actor.rollout_weights_reshard, "config", None), "_convertor", None)
+    if not isinstance(convertor, PanguConvertor):
+        return  # another model type, the mcore format, or a caller's own convert_fn
+    rollout = actor.cfg.rollout
+    convertor.packed, why = rollout_reads_packed(rollout.get("rollout_backend", "sglang"), rollout.model.model_path)
+    log.info("weight-sync buckets: %s (%s)", "one packed buffer each" if convertor.packed else "a tensor per HF name", why)
+
+
+def make_rollout_sync_setup(original: Callable) -> Callable:
+    """After RLinf's ``MegatronActor.init_worker_customize`` built the rollout sync: give it the
     bucket capacity ``actor.sync_bucket_capacity`` (bytes; the key and unit RLinf's FSDP actor
-    already reads). Absent: RLinf's 128 MiB."""
+    already reads; absent: RLinf's 128 MiB), and let Pangu's convertor pack buckets only when the
+    rollout is the class that unpacks them (``rlinf_pangu.packed_bucket.rollout_reads_packed``)."""
 
     def init_worker_customize(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        capacity = self.cfg.actor.get("sync_bucket_capacity", None)
-        if capacity is not None:
-            if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-                raise ValueError(f"actor.sync_bucket_capacity must be a positive number of bytes, got {capacity!r}")
-            self.rollout_weights_reshard.bucket_capacity = capacity
-        log.info("weight-sync bucket capacity: %d MiB", self.rollout_weights_reshard.bucket_capacity // 2**20)
+        _set_bucket_capacity(self)
+        _choose_packing(self)
         return out
 
     init_worker_customize.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]

@@ -100,6 +100,12 @@ def test_sync_bucket_capacity_reaches_the_actor(run):
     assert f"weight-sync bucket capacity: {capacity // 2**20} MiB" in run["log"]
 
 
+def test_the_actor_sends_packed_buckets_to_sglangs_pangu_class(run):
+    """The rollout serves rlinf_pangu's SGLang class, so RLinf's actor sends each sync bucket as one
+    packed buffer (rlinf_pangu.packed_bucket); the same run's post-sync logprob gap is checked below."""
+    assert "weight-sync buckets: one packed buffer each" in run["log"]
+
+
 def test_actor_weights_changed(run):
     start = _megatron_state(run["dir"] / "converted_ckpts" / "actor")
     after = _megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")

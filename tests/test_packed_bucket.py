@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 
 import pytest
 import torch
 
 from rlinf_pangu.layout import LayoutError
-from rlinf_pangu.packed_bucket import ALIGN, KEY_PREFIX, expand, is_packed, pack, unpack
+from rlinf_pangu.packed_bucket import (
+    ALIGN,
+    KEY_PREFIX,
+    READER_ARCHITECTURE,
+    expand,
+    is_packed,
+    pack,
+    rollout_reads_packed,
+    unpack,
+)
 
 
 def _pieces():
@@ -93,3 +103,42 @@ def test_the_key_survives_pickling_as_rlinf_sends_it():
     packed = pack(pieces)
     again = pickle.loads(pickle.dumps(packed))
     assert [n for n, _ in expand(again.items())] == ["a", "b", "c"]
+
+
+def _ckpt_dir(tmp_path, architectures):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": architectures}))
+    return tmp_path
+
+
+def test_sglang_serving_pangus_class_reads_packed_buckets(tmp_path):
+    ok, why = rollout_reads_packed("sglang", _ckpt_dir(tmp_path, [READER_ARCHITECTURE]))
+    assert ok and READER_ARCHITECTURE in why
+
+
+def test_a_config_naming_sglangs_llama_gets_a_tensor_per_name(tmp_path):
+    """SGLang's Llama would skip the packed key without an error and serve stale weights."""
+    ok, why = rollout_reads_packed("sglang", _ckpt_dir(tmp_path, ["LlamaForCausalLM"]))
+    assert not ok and "LlamaForCausalLM" in why
+
+
+def test_another_rollout_backend_gets_a_tensor_per_name(tmp_path):
+    ok, why = rollout_reads_packed("vllm", _ckpt_dir(tmp_path, [READER_ARCHITECTURE]))
+    assert not ok and "vllm" in why
+
+
+def test_an_unreadable_config_gets_a_tensor_per_name_and_names_the_file(tmp_path):
+    ok, why = rollout_reads_packed("sglang", tmp_path)
+    assert not ok and "config.json" in why
+
+
+def test_sglangs_llama_really_skips_a_packed_key_silently():
+    """Why packing is gated: SGLang's own Llama loader maps a name holding ``.q_proj`` (as a packed
+    key's manifest does) onto its stacked parameter and, finding none, drops it without an error
+    (if this starts raising, the gate could go)."""
+    import importlib.util
+    from pathlib import Path
+
+    src = (Path(importlib.util.find_spec("sglang").origin).parent / "srt/models/llama.py").read_text()
+    causal_lm = src[src.index("class LlamaForCausalLM(") :]
+    load = causal_lm[causal_lm.index("    def _legacy_load_weights(") :]  # its default (weight loader v1)
+    assert "if name not in params_dict:\n                    continue" in load[: load.index("\n    def ", 10)]

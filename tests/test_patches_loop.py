@@ -33,7 +33,7 @@ LOOP_PATCHES = [
     patches.NO_PACKING_WITHOUT_TE,
     patches.SGLANG_MEMORY_OCCUPATION,
     patches.RAY_STATE_WITHOUT_DASHBOARD,
-    patches.SYNC_BUCKET_CAPACITY,
+    patches.ROLLOUT_SYNC_SETUP,
 ]
 
 
@@ -296,7 +296,7 @@ def _actor_with_capacity(capacity):
         self.rollout_weights_reshard = reshard
 
     actor = SimpleNamespace(cfg=OmegaConf.create({"actor": {} if capacity is None else {"sync_bucket_capacity": capacity}}))
-    rlinf_compat.make_sync_bucket_capacity(init_worker_customize)(actor)
+    rlinf_compat.make_rollout_sync_setup(init_worker_customize)(actor)
     return reshard
 
 

@@ -174,3 +174,42 @@ def test_sglang_format_pairs_the_copying_convertor_with_the_no_copy_reshard(regi
     assert paired.func is tp_reshard_fn_pangu and paired.keywords == {"copy": False}
     assert L.reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore").tp_reshard_fn is tp_reshard_fn_pangu
     assert L.reshard_config(tiny_fp32, 2, 1, convert_fn=dict).tp_reshard_fn is tp_reshard_fn_pangu
+
+
+def _actor_after_setup(ckpt_dir, rollout_ckpt, backend="sglang"):
+    """RLinf's Megatron actor right after its ``init_worker_customize`` built the sync, with the
+    project's rollout-sync setup (patch rlinf.MegatronActor:rollout-sync-setup) applied."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from rlinf_pangu import rlinf_compat
+
+    rc = _reshard_config(ckpt_dir)
+    actor = SimpleNamespace(cfg=OmegaConf.create({
+        "actor": {}, "rollout": {"rollout_backend": backend, "model": {"model_path": str(rollout_ckpt)}},
+    }))
+
+    def init_worker_customize(self):
+        self.rollout_weights_reshard = SimpleNamespace(config=rc, bucket_capacity=rc.bucket_capacity)
+
+    rlinf_compat.make_rollout_sync_setup(init_worker_customize)(actor)
+    return rc
+
+
+def test_the_actor_packs_buckets_for_sglangs_pangu_class(registered, tiny_fp32):
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    rc = _actor_after_setup(tiny_fp32, tiny_fp32)
+    assert L.is_one_packed_buffer(rc.convert_fn(_megatron_state(hf, cfg, 1)))
+
+
+@pytest.mark.parametrize("backend,architectures", [("sglang", ["LlamaForCausalLM"]), ("vllm", ["PanguEmbeddedForCausalLM"])])
+def test_the_actor_sends_hf_names_to_any_other_rollout_class(registered, tiny_fp32, tmp_path, backend, architectures):
+    """SGLang's Llama (a config.json naming it) or another backend would skip a packed key and
+    serve stale weights without an error: they get every tensor under its HF name."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tiny_fp32 / "config.json").read_text()), "architectures": architectures}))
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    out = _actor_after_setup(tiny_fp32, tmp_path, backend).convert_fn(_megatron_state(hf, cfg, 1))
+    assert not L.is_one_packed_buffer(out) and L.compare_exact(out, hf) == []
