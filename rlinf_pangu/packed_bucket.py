@@ -40,7 +40,11 @@ KEY_PREFIX = "rlinf_pangu.packed_bucket/v1:"
 #: Byte alignment of every entry: any dtype view is legal, and CUDA copies stay aligned.
 ALIGN = 256
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+_DTYPES = {_dtype_name(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class Entry:
 def _plan(pieces: list[tuple[str, torch.Tensor, tuple[int, ...]]]) -> tuple[list[Entry], int]:
     entries, off = [], 0
     for name, view, shape in pieces:
-        if str(view.dtype).removeprefix("torch.") not in _DTYPES:
+        if _dtype_name(view.dtype) not in _DTYPES:
             raise LayoutError(f"tensor {name!r} has dtype {view.dtype}, which a packed bucket does not carry")
         e = Entry(name, off, tuple(int(s) for s in shape), view.dtype)
         if e.nbytes != view.numel() * view.element_size():
@@ -74,7 +78,7 @@ def _plan(pieces: list[tuple[str, torch.Tensor, tuple[int, ...]]]) -> tuple[list
 
 
 def _key(entries: list[Entry]) -> str:
-    manifest = [[e.name, e.offset, list(e.shape), str(e.dtype).removeprefix("torch.")] for e in entries]
+    manifest = [[e.name, e.offset, list(e.shape), _dtype_name(e.dtype)] for e in entries]
     return KEY_PREFIX + json.dumps(manifest, separators=(",", ":"))
 
 
