@@ -1,10 +1,9 @@
 """setuptools hook: ship the ``rlinf_pangu_*.pth`` start-up files into site-packages with the package.
 
-Everything else is in pyproject.toml. The ``.pth`` files run at every interpreter start:
-``rlinf_pangu_rlinf_train.pth`` installs the finder that makes ``python -m rlinf.train`` resolve
-to this project's driver (``rlinf_pangu/rlinf_train.py``); ``rlinf_pangu_megatron_legacy.pth``
-provides ``megatron.legacy.fused_kernels`` before Ray workers import RLinf
-(``rlinf_pangu/megatron_legacy_shim.py``). A ``.pth`` must sit at the top of site-packages,
+Everything else is in pyproject.toml. ``rlinf_pangu_startup.pth`` runs at every interpreter start
+(``rlinf_pangu/startup/site.py``): it installs the finder that makes ``python -m rlinf.train``
+resolve to this project's driver, and the one that provides ``megatron.legacy.fused_kernels``
+before Ray workers import RLinf. A ``.pth`` must sit at the top of site-packages,
 which package data cannot reach, so they are added to the wheel here: to regular wheels by
 ``build_py``, to editable wheels (``pip install -e .``, what scripts/setup.sh does) by
 ``editable_wheel``.

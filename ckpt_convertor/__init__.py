@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cache import CONVERTER_VERSION, ensure_megatron
+from .cache import CONVERTER_VERSION
+from .cached import ensure_megatron
 from .errors import ConversionError
 
 __all__ = ["CONVERTER_VERSION", "ConversionError", "ensure_megatron", "hf_to_megatron", "megatron_to_hf"]

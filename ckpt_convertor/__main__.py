@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .cache import ensure_megatron
+from .cached import ensure_megatron
 from .errors import ConversionError
 
 log = logging.getLogger("ckpt_convertor")

@@ -227,7 +227,7 @@ def hf_to_megatron(hf_dir: str | Path, out_dir: str | Path, tp: int, pp: int = 1
 
     ``norm_names``: ``local`` for the local spec (``input_layernorm``/``pre_mlp_layernorm``),
     ``te`` for the Transformer Engine spec (norms fused into ``linear_qkv``/``linear_fc1``).
-    Callers that may race on ``out_dir`` go through :func:`ckpt_convertor.cache.ensure_megatron`,
+    Callers that may race on ``out_dir`` go through :func:`ckpt_convertor.cached.ensure_megatron`,
     which holds the lock; this function does not lock.
     """
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ RLinf's runners call ``convert_hf_to_mg(hf_model_path, ckpt_cfg)`` (``ckpt_cfg``
 ``actor.megatron.ckpt_convertor``) once in the driver before the actor starts, and the actor
 then loads ``megatron.load = ckpt_cfg.save_path``. :func:`dispatching_converter` wraps RLinf's
 function with the same signature: Pangu checkpoints go to :func:`convert_on_startup` (cached,
-atomic, locked), anything else to RLinf's original. ``rlinf_pangu.patches`` installs it.
+atomic, locked), anything else to RLinf's original. ``rlinf_pangu.patches.rlinf`` installs it.
 
 Keys read from ``ckpt_cfg`` (RLinf's own, plus optional ones of ours):
 ``save_path``, ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``;
@@ -27,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import ensure_megatron
+from .cached import ensure_megatron
 from .errors import ConversionError
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@
 
 :func:`register` puts the convertor into RLinf's ``_MG2HF_CONVERTOR_REGISTRY`` and the reshard
 functions into the tables the patched ``get_tp_reshard_fn``/``get_pp_reshard_fn`` consult
-(patch ``rlinf.get_reshard_fn:pangu`` in ``rlinf_pangu.patches``). ``rlinf_pangu.register()``
+(patch ``rlinf.get_reshard_fn:pangu`` in ``rlinf_pangu.patches.rlinf``). ``rlinf_pangu.register()``
 calls it.
 """
 
@@ -34,7 +34,7 @@ __all__ = [
 MODEL_TYPE = "pangu"
 
 #: model_type -> "module:function" of its reshard function, consulted before RLinf's own if/else
-#: (see rlinf_pangu.patches). Paths, not functions: resolving imports megatron.core.
+#: (see rlinf_pangu.patches.rlinf). Paths, not functions: resolving imports megatron.core.
 TP_RESHARD_FNS: dict[str, str] = {}
 PP_RESHARD_FNS: dict[str, str] = {}
 

@@ -3,7 +3,8 @@
 ``register()`` is the one entry to every registration this package makes: transformers' Auto
 classes, RLinf's model type, spec, provider, converters and reshard functions, and SGLang's
 external model package. The training entry point, RLinf's ``RLINF_EXT_MODULE`` hook and SGLang's
-scheduler processes all call it; it is idempotent.
+scheduler processes all call it; it is idempotent. Which interpreter calls it, installed by what:
+``rlinf_pangu/startup/__init__.py``.
 """
 
 from __future__ import annotations
@@ -35,27 +36,22 @@ def register_transformers() -> None:
     _DONE.add("transformers")
 
 
-def _cpu_mode_run() -> bool:
-    """True in a process of an explicit CPU-mode run (the entry point exports RLINF_PANGU_DEVICE=cpu)."""
-    import os
-
-    return os.environ.get("RLINF_PANGU_DEVICE", "").lower() == "cpu"
-
-
 def register(*, rlinf: bool = True, sglang: bool = True) -> None:
     """Register Pangu everywhere it needs to be known. Safe to call any number of times."""
-    register_transformers()
-    if _cpu_mode_run():  # only in a run whose YAML says cluster.device: cpu (see cpu_mode.py)
-        from . import cpu_mode
+    from .patches.core import cpu_mode_run
 
-        cpu_mode.activate()
+    register_transformers()
+    if cpu_mode_run():  # only in a run whose YAML says cluster.device: cpu (see patches/cpu.py)
+        from .patches import cpu
+
+        cpu.activate()
     if rlinf and "rlinf" not in _DONE:
-        from .integration import register_rlinf
+        from .startup.register import register_rlinf
 
         if register_rlinf():
             _DONE.add("rlinf")
     if sglang and "sglang" not in _DONE:
-        from .integration import register_sglang
+        from .startup.register import register_sglang
 
         register_sglang()
         _DONE.add("sglang")

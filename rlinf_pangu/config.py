@@ -209,18 +209,31 @@ def ensure_checkpoint(cfg: DictConfig) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:  # made and finished (prior included) aside, then renamed into place
         tmp = make_checkpoint(staging / "ckpt", preset_name=mk.preset, seed=int(mk.seed), dtype=str(mk.dtype), **overrides)
-        prior = float(mk.get("answer_prior", 0.0) or 0.0)
-        if prior > 0:
-            from .answer_prior import apply_answer_prior
-
-            apply_answer_prior(tmp, prior, _chat_prompts(cfg, tmp))
+        for step in mk.get("finish", None) or []:
+            _finish_step(tmp, cfg, step)
         tmp.rename(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
-def _chat_prompts(cfg: DictConfig, ckpt: Path, limit: int = 32) -> list[str]:
+def _finish_step(ckpt: Path, cfg: DictConfig, step: Any) -> None:
+    """One ``pangu.make_checkpoint.finish`` step: ``{call: "module:function", **kwargs}``, called as
+    ``function(ckpt, cfg, **kwargs)`` on the new checkpoint before it is moved into place."""
+    import importlib
+
+    kwargs = OmegaConf.to_container(step, resolve=True) if isinstance(step, DictConfig) else dict(step)
+    target = str(kwargs.pop("call", ""))
+    module, _, name = target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError("pangu.make_checkpoint.finish", f"cannot load {target!r} (want 'module:function'): {e}") from e
+    log.info("finishing the checkpoint with %s(%s)", target, ", ".join(f"{k}={v}" for k, v in kwargs.items()))
+    fn(ckpt, cfg, **kwargs)
+
+
+def chat_prompts(cfg: DictConfig, ckpt: Path, limit: int = 32) -> list[str]:
     """The first training prompts as the model sees them (chat template applied)."""
     from transformers import AutoTokenizer
 

@@ -6,7 +6,7 @@ Two equivalent ways (the server is SGLang's own; only Pangu's registration is ad
 * ``eval "$(python -m rlinf_pangu.serve --print-env)"`` once in a shell, then SGLang's own
   ``python -m sglang.launch_server --model-path DIR ...``: the printed variables are
   ``SGLANG_EXTERNAL_MODEL_PACKAGE=rlinf_pangu.sglang_ext`` (SGLang's scheduler imports our model
-  class) and ``PYTHONPATH`` with the start-up hook of :mod:`rlinf_pangu.boot` (patches SGLang's
+  class) and ``PYTHONPATH`` with the start-up hook of :mod:`rlinf_pangu.startup.children` (patches SGLang's
   processes and registers the Pangu config/tokenizer there before SGLang parses them).
 """
 
@@ -20,8 +20,8 @@ __all__ = ["main", "print_env"]
 
 
 def print_env(file=sys.stdout) -> None:
-    """``export`` lines for the variables :func:`rlinf_pangu.integration.sglang_env` adds."""
-    from .integration import sglang_env
+    """``export`` lines for the variables :func:`rlinf_pangu.startup.register.sglang_env` adds."""
+    from .startup.register import sglang_env
 
     env = sglang_env()
     for key in ("SGLANG_EXTERNAL_MODEL_PACKAGE", "PYTHONPATH"):

@@ -15,7 +15,7 @@ rollout / reward / actor worker groups -> RLinf's own ``ReasoningRunner`` -> ``i
 5. print one table row per GRPO step, and write ``metrics.jsonl`` + ``metrics.png`` next to
    RLinf's TensorBoard logs (``rlinf_pangu.report``).
 
-``python -m rlinf.train`` resolves here through ``rlinf_pangu.rlinf_train`` (see the README).
+``python -m rlinf.train`` resolves here through ``rlinf_pangu.startup.rlinf_train`` (see the README).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def prepare(config: str, overrides: Sequence[str]):
     device = pc.device(cfg)
     pc.absolutize_paths(cfg)
     if device == "cpu":
-        from . import cpu_mode  # the explicit CPU mode only
+        from .patches import cpu as cpu_mode  # the explicit CPU mode only
 
         cpu_mode.driver_environment(cfg)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -187,7 +187,7 @@ def build_and_run(cfg) -> "object":
     cluster = Cluster(cluster_cfg=cfg.cluster)
     placement = ModelParallelComponentPlacement(cfg, cluster)
     if device(cfg) == "cpu":
-        from . import cpu_mode
+        from .patches import cpu as cpu_mode
 
         cpu_mode.driver_placement(placement)
 

@@ -401,6 +401,7 @@ def sglang_presharded_rank(rank: int, world: int, ckpt: str, presharded_files: l
     synced presharded bucket the way RLinf's rollout does: every parameter must come out the same.
     Also reports what Megatron's even vocab split does in SGLang's stock loader and in ours."""
     from rlinf_pangu import patches
+    from rlinf_pangu.patches.sglang import SGLANG_CPU_PATCHES
     from rlinf_pangu.layout import LayoutError
     from rlinf_pangu.sglang_ext.weight_sync import load_presharded_weights
 
@@ -426,7 +427,7 @@ def sglang_presharded_rank(rank: int, world: int, ckpt: str, presharded_files: l
         "sglang_tp2": True, "rank": rank, "mismatches": mismatches, "n_params": len(reference),
         "even_split_ours": ours,
         "even_split_stock_equal": torch.equal(stock, reference["model.embed_tokens.weight"]),
-        "cpu_patches": [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done],
+        "cpu_patches": [n for n in SGLANG_CPU_PATCHES if patches.PATCHES[n].done],
     }
 
 

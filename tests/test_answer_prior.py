@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlinf_pangu.answer_prior import apply_answer_prior, digit_token_ids
+from rlinf_pangu.demo.answer_prior import apply_answer_prior, digit_token_ids
 
 PROMPTS = ["[unused9]系统：[unused10][unused9]用户：2+3=[unused10][unused9]助手：",
            "[unused9]系统：[unused10][unused9]用户：7-4=[unused10][unused9]助手："]

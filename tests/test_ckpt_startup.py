@@ -19,6 +19,7 @@ from ckpt_convertor.cache import read_sidecar
 from ckpt_convertor.megatron_io import find_checkpoint
 from ckpt_convertor.startup import is_pangu_checkpoint
 from rlinf_pangu import patches
+from rlinf_pangu.patches import rlinf as rlinf_patches
 
 from ckpt_testlib import write_hf
 
@@ -56,8 +57,8 @@ def _rlinf_convert_hf_to_mg():
 
 def test_patch_probe_sees_rlinf_converter_without_pangu():
     # The probe reads RLinf's packaged default_args.yaml: True while RLinf lists no Pangu model.
-    assert patches._rlinf_converter_lacks_pangu() is True
-    assert patches.CKPT_CONVERT_DISPATCH in patches.PATCHES
+    assert rlinf_patches._rlinf_converter_lacks_pangu() is True
+    assert rlinf_patches.CKPT_CONVERT_DISPATCH in patches.PATCHES
 
 
 @pytest.mark.parametrize("runner", _RUNNERS)

@@ -1,6 +1,6 @@
 """The CPU redirects exist only in the explicit CPU mode: with the GPU config, no process of the
 driver's start-up path (compose, checks, register(), the start-up patches every child interpreter
-arms) ever imports ``rlinf_pangu.cpu_mode``; with the CPU config, it does and exports the mode."""
+arms) ever imports ``rlinf_pangu.patches.cpu``; with the CPU config, it does and exports the mode."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _probe(tmp_path: Path, example: str) -> dict:
         f"['rollout.model.model_path={ckpt}', 'runner.output_dir={tmp_path}'])\n"
         "patches.arm_startup()\n"
         "import rlinf.workers.rollout.sglang.sglang_worker, rlinf.hybrid_engines.megatron.megatron_model_manager\n"
-        "print(json.dumps({'cpu_mode': 'rlinf_pangu.cpu_mode' in sys.modules,"
+        "print(json.dumps({'cpu_mode': 'rlinf_pangu.patches.cpu' in sys.modules,"
         " 'env': os.environ.get('RLINF_PANGU_DEVICE'), 'cuda_current_device': str(getattr(__import__('torch').cuda.current_device, '__module__', ''))}))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from rlinf_pangu import megatron_legacy_shim as shim
 from rlinf_pangu import patches
+from rlinf_pangu.patches import megatron as shim
+from rlinf_pangu.startup import site
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_TE = __import__("importlib").util.find_spec("transformer_engine") is not None
@@ -36,11 +37,11 @@ def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) ->
 def fresh_interpreter(tmp_path_factory) -> dict:
     """One fresh interpreter: first without any shim, then with only the .pth line added."""
     site_dir = tmp_path_factory.mktemp("site")
-    shim.install_pth(site_dir)
+    site.install_pth(site_dir)
     proc = _python(
         f"""
         import json, site, sys
-        from rlinf_pangu import megatron_legacy_shim as m
+        from rlinf_pangu.patches import megatron as m
         m.uninstall()                       # undo the venv's own start-up hook: upstream as shipped
         out = {{"upstream_missing": m.upstream_missing()}}
         try:
@@ -73,18 +74,19 @@ def test_upstream_megatron_core_ships_no_legacy_fused_kernels(fresh_interpreter)
 def test_pth_line_lets_a_ray_worker_import_rlinfs_megatron_actor_before_register(fresh_interpreter):
     assert fresh_interpreter["finder_after_pth"] is True
     assert fresh_interpreter["registered_before_import"] is False
-    assert fresh_interpreter["fused_kernels_origin"].endswith("megatron_legacy_shim.py")
+    assert fresh_interpreter["fused_kernels_origin"].endswith("rlinf_pangu/patches/megatron.py")
 
 
-def test_the_pth_shipped_and_installed_is_the_shims_line():
-    assert (REPO / shim.PTH_NAME).read_text() == shim.PTH_LINE  # setup.py ships this file
-    installed = shim.site_packages() / shim.PTH_NAME
+def test_the_pth_shipped_and_installed_is_the_startup_line():
+    assert (REPO / site.PTH_NAME).read_text() == site.PTH_LINE  # setup.py ships this file
+    installed = site.site_packages() / site.PTH_NAME
     assert installed.exists(), f"{installed} missing: run `make setup` (pip install -e . ships it)"
-    assert installed.read_text() == shim.PTH_LINE
+    assert installed.read_text() == site.PTH_LINE
+    assert sorted(p.name for p in REPO.glob("rlinf_pangu_*.pth")) == [site.PTH_NAME]  # one start-up line
 
 
 def test_pth_line_is_harmless_when_rlinf_pangu_is_gone(tmp_path):
-    shim.install_pth(tmp_path)
+    site.install_pth(tmp_path)
     proc = _python(
         f"""
         import importlib.util, site, sys
@@ -106,7 +108,7 @@ def test_a_real_megatron_legacy_wins_over_the_shim(tmp_path):
     (pkg / "__init__.py").write_text("def load(args):\n    return 'megatron-lm'\n")
     proc = _python(
         """
-        from rlinf_pangu import megatron_legacy_shim as m
+        from rlinf_pangu.patches import megatron as m
         m.install()
         from megatron.legacy import fused_kernels
         print(fused_kernels.load(None), m.upstream_missing())

@@ -1,4 +1,4 @@
-"""The entry point's patches of RLinf's loop (rlinf_pangu.patches, entry-point section).
+"""The entry point's patches of RLinf's loop (rlinf_pangu/patches/: rlinf.py, sglang.py, transformers.py, latex2sympy.py).
 
 Each patch has two tests' worth of evidence: its probe says upstream still has the problem (read
 in a fresh interpreter, before anything is patched, so an upstream fix makes this fail and the
@@ -17,23 +17,27 @@ import torch
 
 from harness import fresh_env
 from rlinf_pangu import patches
+from rlinf_pangu.patches import latex2sympy as l2s
+from rlinf_pangu.patches import rlinf as rp
+from rlinf_pangu.patches import sglang as sp
+from rlinf_pangu.patches import transformers as tp
 
 LOOP_PATCHES = [
-    patches.MEGATRON_ARGS,
-    patches.SGLANG_GATE,
-    patches.SGLANG_DISPATCH_EXTEND,
-    patches.SGLANG_COMMUNICATOR,
-    patches.SGLANG_SERVER_ARGS,
-    patches.SGLANG_PARALLEL_STATE,
-    patches.DATASET_ENCODE,
-    patches.VISION2SEQ,
-    patches.RUNNER_LAST_STEP,
-    patches.LOGPROB_GAP,
-    patches.LATEX2SYMPY,
-    patches.NO_PACKING_WITHOUT_TE,
-    patches.SGLANG_MEMORY_OCCUPATION,
-    patches.RAY_STATE_WITHOUT_DASHBOARD,
-    patches.ROLLOUT_SYNC_SETUP,
+    rp.MEGATRON_ARGS,
+    rp.SGLANG_GATE,
+    sp.SGLANG_DISPATCH_EXTEND,
+    rp.SGLANG_COMMUNICATOR,
+    rp.SGLANG_SERVER_ARGS,
+    rp.SGLANG_PARALLEL_STATE,
+    rp.DATASET_ENCODE,
+    tp.VISION2SEQ,
+    rp.RUNNER_LAST_STEP,
+    rp.LOGPROB_GAP,
+    l2s.LATEX2SYMPY,
+    rp.NO_PACKING_WITHOUT_TE,
+    rp.SGLANG_MEMORY_OCCUPATION,
+    rp.RAY_STATE_WITHOUT_DASHBOARD,
+    rp.ROLLOUT_SYNC_SETUP,
 ]
 
 
@@ -63,7 +67,7 @@ def test_megatron_args_get_megatron_defaults_and_keep_rlinf_values():
     from omegaconf import OmegaConf
 
     import rlinf.utils.omega_resolver  # noqa: F401  (${torch.dtype:...})
-    from rlinf_pangu.rlinf_compat import complete_megatron_args
+    from rlinf_pangu.patches.rlinf import complete_megatron_args
 
     args = OmegaConf.create({"lr": 0.5, "params_dtype": "${torch.dtype:bfloat16}"})
     added = complete_megatron_args(args)
@@ -83,7 +87,7 @@ def test_megatron_set_args_is_wrapped_after_register():
 
 
 def test_dispatcher_mapping_takes_rlinf_extend():
-    patches.apply_patch(patches.SGLANG_DISPATCH_EXTEND)
+    patches.apply_patch(sp.SGLANG_DISPATCH_EXTEND)
     from sglang.utils import TypeBasedDispatcher
 
     d = TypeBasedDispatcher([(int, lambda x: "int")])
@@ -92,7 +96,7 @@ def test_dispatcher_mapping_takes_rlinf_extend():
 
 
 def test_communicator_fans_out_on_0_5_17():
-    from rlinf_pangu.rlinf_compat import make_communicator_cls
+    from rlinf_pangu.patches.rlinf import make_communicator_cls
 
     sent = []
     comm = make_communicator_cls()(sent.append, fan_out=2)
@@ -113,7 +117,7 @@ def test_server_args_keyword_renamed(tiny_fp32):
     rlinf_pangu.register()  # sglang 0.5.17 imports only with the transformers exist_ok patch
     from sglang.srt.server_args import ServerArgs
 
-    from rlinf_pangu.rlinf_compat import make_server_args_factory
+    from rlinf_pangu.patches.rlinf import make_server_args_factory
 
     args = make_server_args_factory(ServerArgs)(model_path=str(tiny_fp32), device="cpu", cuda_graph_max_bs=8)
     assert isinstance(args, ServerArgs) and args.cuda_graph_max_bs_decode == 8
@@ -122,7 +126,7 @@ def test_server_args_keyword_renamed(tiny_fp32):
 def test_scheduler_reads_tp_from_parallel_state():
     from types import SimpleNamespace
 
-    from rlinf_pangu.rlinf_compat import add_parallel_state_properties
+    from rlinf_pangu.patches.rlinf import add_parallel_state_properties
 
     class Sched:
         def __init__(self):
@@ -149,7 +153,7 @@ def test_dataset_keeps_samples_with_the_encode_patch(tiny_fp32):
 
 
 def test_transformers_has_vision2seq_alias():
-    from rlinf_pangu.rlinf_compat import alias_vision2seq
+    from rlinf_pangu.patches.transformers import alias_vision2seq
 
     alias_vision2seq()
     from transformers import AutoModelForImageTextToText, AutoModelForVision2Seq
@@ -158,7 +162,7 @@ def test_transformers_has_vision2seq_alias():
 
 
 def test_runner_logs_the_last_step_then_stops():
-    from rlinf_pangu.rlinf_compat import RunFinished, make_check_progress, make_put_batch
+    from rlinf_pangu.patches.rlinf import RunFinished, make_check_progress, make_put_batch
 
     progress = make_check_progress(lambda step, max_steps, *a, **k: (False, step == max_steps, step == max_steps))
     assert progress(1, 2, 1, -1, 1.0) == (False, False, False) and not progress.finished
@@ -171,7 +175,7 @@ def test_runner_logs_the_last_step_then_stops():
 def test_logprob_gap_is_measured_on_response_tokens():
     import torch
 
-    from rlinf_pangu.rlinf_compat import logprob_gap
+    from rlinf_pangu.patches.rlinf import logprob_gap
 
     batch = {
         "response_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]),
@@ -194,7 +198,7 @@ def test_math_verifier_grades_with_the_latex2sympy2_standin():
 
 
 def test_custom_forward_unpacked_without_te():
-    from rlinf_pangu.rlinf_compat import make_custom_forward
+    from rlinf_pangu.patches.rlinf import make_custom_forward
 
     seen = {}
 
@@ -219,7 +223,7 @@ def test_rlinf_scheduler_resumes_the_weights_it_released():
     from sglang.srt.managers.io_struct import ReleaseMemoryOccupationReqInput, ResumeMemoryOccupationReqInput
     from sglang.utils import TypeBasedDispatcher
 
-    from rlinf_pangu.rlinf_compat import reroute_memory_requests
+    from rlinf_pangu.patches.rlinf import reroute_memory_requests
 
     # register() armed the patch: every RLinf Scheduler re-points the two requests after its __init__
     assert hasattr(Scheduler.__init__, "__rlinf_pangu_original__")
@@ -248,7 +252,7 @@ def test_rlinf_scheduler_resumes_the_weights_it_released():
 def test_failure_handler_lists_no_actors_without_the_dashboard():
     from ray.util.state.exception import ServerUnavailable
 
-    from rlinf_pangu.rlinf_compat import make_list_actors
+    from rlinf_pangu.patches.rlinf import make_list_actors
 
     def no_dashboard(*args, **kwargs):
         raise ServerUnavailable("Failed to connect to API server")
@@ -260,7 +264,7 @@ def test_failure_handler_lists_no_actors_without_the_dashboard():
 def test_before_and_after_import_hooks_on_one_module_both_run(tmp_path, monkeypatch):
     # the pre-exec hooks (import-time fixes) and the post-import hooks (patches) are two finders
     # that consult each other: one module with both gets both, in order, without recursion
-    from rlinf_pangu.rlinf_compat import before_exec
+    from rlinf_pangu.patches.core import before_exec
 
     (tmp_path / "rlp_hooked_mod.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -287,8 +291,6 @@ def _actor_with_capacity(capacity):
     from omegaconf import OmegaConf
     from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
 
-    from rlinf_pangu import rlinf_compat
-
     reshard = object.__new__(MegatronCoreWeightReshard)
     reshard.bucket_capacity = 128 * 2**20  # what its __init__ takes from ReshardConfig's default
 
@@ -296,7 +298,7 @@ def _actor_with_capacity(capacity):
         self.rollout_weights_reshard = reshard
 
     actor = SimpleNamespace(cfg=OmegaConf.create({"actor": {} if capacity is None else {"sync_bucket_capacity": capacity}}))
-    rlinf_compat.make_rollout_sync_setup(init_worker_customize)(actor)
+    rp.make_rollout_sync_setup(init_worker_customize)(actor)
     return reshard
 
 

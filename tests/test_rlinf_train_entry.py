@@ -8,15 +8,15 @@ import sysconfig
 from pathlib import Path
 
 from harness import fresh_env
-from rlinf_pangu import rlinf_train
+from rlinf_pangu.startup import rlinf_train, site
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pth_is_installed_in_site_packages():
-    pth = Path(sysconfig.get_paths()["purelib"]) / rlinf_train.PTH_NAME
+    pth = Path(sysconfig.get_paths()["purelib"]) / site.PTH_NAME
     assert pth.is_file(), "scripts/setup.sh (pip install -e .) must install it: see setup.py"
-    assert pth.read_text() == (ROOT / rlinf_train.PTH_NAME).read_text() == rlinf_train.PTH_LINE
+    assert pth.read_text() == (ROOT / site.PTH_NAME).read_text() == site.PTH_LINE
 
 
 def test_python_m_rlinf_train_runs_the_driver(tmp_path):

@@ -1,5 +1,5 @@
-"""The SGLang/RLinf patches of the sync helper (rlinf_pangu.patches) and the start-up hook that
-carries Pangu's registration into SGLang's child interpreters (rlinf_pangu.boot).
+"""The SGLang/transformers patches (rlinf_pangu/patches/) and the start-up hook that carries
+Pangu's registration into SGLang's child interpreters (rlinf_pangu.startup.children).
 
 Each patch test asserts that upstream still has the problem (the ``applies`` probe is True on a
 fresh interpreter), so an upstream fix under a patch fails here instead of silently
@@ -28,18 +28,20 @@ def _python(code: str, env: dict[str, str] | None = None, timeout: int = 300) ->
 def child(tiny_fp32):
     """One fresh interpreter without any of our environment: first the upstream problem
     (importing SGLang fails), then the start-up hook SGLang's child processes run
-    (``rlinf_pangu.boot.install()``, which their sitecustomize calls) and what it makes work.
+    (``rlinf_pangu.startup.children.install()``, which their sitecustomize calls) and what it makes work.
     The engine and HTTP-server tests cover the same hook arriving through ``PYTHONPATH``."""
     code = (
         "from rlinf_pangu import patches\n"
-        "print('applies', patches.PATCHES[patches.SGLANG_EXIST_OK].applies())\n"
+        "from rlinf_pangu.patches.sglang import SGLANG_CPU_PATCHES\n"
+        "from rlinf_pangu.patches.transformers import SGLANG_EXIST_OK\n"
+        "print('applies', patches.PATCHES[SGLANG_EXIST_OK].applies())\n"
         "try:\n"
         "    import sglang.srt.configs\n"
         "    print('unpatched import ok')\n"
         "except ValueError as e:\n"
         "    print('unpatched import failed:', e)\n"
-        "from rlinf_pangu import boot\n"
-        "boot.install()\n"
+        "from rlinf_pangu.startup import children\n"
+        "children.install()\n"
         "import sglang.srt.utils.hf_transformers\n"  # SGLang's config/tokenizer loading
         "from transformers import AutoConfig, AutoTokenizer\n"
         f"print('config', type(AutoConfig.from_pretrained({str(tiny_fp32)!r})).__name__)\n"
@@ -47,7 +49,7 @@ def child(tiny_fp32):
         "from sglang.srt.models.registry import ModelRegistry, import_model_classes\n"
         "print('registry', ModelRegistry.models['PanguEmbeddedForCausalLM'].__module__)\n"
         "print('package', sorted((k, v.__module__) for k, v in import_model_classes('rlinf_pangu.sglang_ext', strict=True).items()))\n"
-        "print('cpu patches applied', [n for n in patches.SGLANG_CPU_PATCHES if patches.PATCHES[n].done])\n"
+        "print('cpu patches applied', [n for n in SGLANG_CPU_PATCHES if patches.PATCHES[n].done])\n"
     )
     return _python(code, env=fresh_env())
 
@@ -58,7 +60,7 @@ def test_exist_ok_patch_is_needed_and_lets_sglang_import(child):
     assert "registry rlinf_pangu.sglang_ext.pangu_embedded" in child  # SGLang imported once patched
 
 
-def test_boot_hook_registers_pangu_config_and_tokenizer_when_sglang_loads_them(child):
+def test_startup_hook_registers_pangu_config_and_tokenizer_when_sglang_loads_them(child):
     assert "config PanguEmbeddedConfig" in child
     assert "tokenizer PanguTokenizer" in child
 
@@ -69,16 +71,18 @@ def test_sglang_registers_the_package_entry_class_under_its_class_name(child):
 
 def test_cpu_only_sglang_patch_stays_off_outside_an_sglang_cpu_process(child):
     from rlinf_pangu import patches
+    from rlinf_pangu.patches.sglang import SGLANG_CPU_PATCHES
 
-    assert set(patches.SGLANG_CPU_PATCHES) <= patches.ON_DEMAND  # never applied by apply_all()
+    assert all(patches.PATCHES[n].on_demand for n in SGLANG_CPU_PATCHES)  # never applied by apply_all()
     assert "cpu patches applied []" in child
 
 
 def test_reshard_dispatch_patch_is_needed_and_routes_pangu_to_its_fns(tiny_fp32):
     import rlinf_pangu
     from rlinf_pangu import patches
+    from rlinf_pangu.patches.rlinf import RESHARD_DISPATCH
 
-    assert patches.PATCHES[patches.RESHARD_DISPATCH].applies()  # RLinf's if/else knows no pangu
+    assert patches.PATCHES[RESHARD_DISPATCH].applies()  # RLinf's if/else knows no pangu
     rlinf_pangu.register()
     import rlinf.utils.resharding.reshard_config as rc
     import rlinf.utils.resharding.utils as ru

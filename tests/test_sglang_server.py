@@ -1,7 +1,7 @@
 """``python -m sglang.launch_server --model-path DIR`` serves the tiny Pangu on the CPU.
 
 The server is started exactly as the README tells users to (SGLang's own module, plus the
-environment ``rlinf_pangu.integration.sglang_env()`` / ``python -m rlinf_pangu.serve --print-env``
+environment ``rlinf_pangu.startup.register.sglang_env()`` / ``python -m rlinf_pangu.serve --print-env``
 gives), on a loopback port, with SGLang's tokenizer (so the detokenizer process and the
 PanguTokenizer registration in SGLang's processes are exercised). ``/generate`` with a text
 prompt must return the HF greedy continuation (fp32), then the server is shut down.
@@ -65,7 +65,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_launch_server_generate_equals_hf_greedy(tiny_fp32, tmp_path):
     from harness import free_port
 
-    from rlinf_pangu.integration import sglang_env
+    from rlinf_pangu.startup.register import sglang_env
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -65,6 +65,6 @@ def test_megatron_even_split_is_rejected_by_name_and_would_corrupt_stock_sglang(
 
 @pytest.mark.slow
 def test_cpu_rope_patch_is_applied_in_an_sglang_process_serving_on_cpu(sglang_tp2):
-    from rlinf_pangu import patches
+    from rlinf_pangu.patches.sglang import SGLANG_CPU_PATCHES
 
-    assert all(r["cpu_patches"] == list(patches.SGLANG_CPU_PATCHES) for r in sglang_tp2)
+    assert all(r["cpu_patches"] == list(SGLANG_CPU_PATCHES) for r in sglang_tp2)

@@ -183,7 +183,7 @@ def _actor_after_setup(ckpt_dir, rollout_ckpt, backend="sglang"):
 
     from omegaconf import OmegaConf
 
-    from rlinf_pangu import rlinf_compat
+    from rlinf_pangu.patches import rlinf as rlinf_patches
 
     rc = _reshard_config(ckpt_dir)
     actor = SimpleNamespace(cfg=OmegaConf.create({
@@ -193,7 +193,7 @@ def _actor_after_setup(ckpt_dir, rollout_ckpt, backend="sglang"):
     def init_worker_customize(self):
         self.rollout_weights_reshard = SimpleNamespace(config=rc, bucket_capacity=rc.bucket_capacity)
 
-    rlinf_compat.make_rollout_sync_setup(init_worker_customize)(actor)
+    rlinf_patches.make_rollout_sync_setup(init_worker_customize)(actor)
     return rc
 
 

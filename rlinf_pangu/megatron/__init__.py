@@ -5,7 +5,7 @@
   describe Pangu.
 * :mod:`.spec` — the layer spec with the o_proj bias (megatron-core modules; TE when installed).
 * :mod:`.provider` — RLinf's ``get_specs`` / ``model_provider_func`` replacements (actor and
-  critic), installed by ``rlinf_pangu.patches``.
+  critic), installed by ``rlinf_pangu.patches.rlinf``.
 
 Submodules import megatron-core; this package module does not, so ``import rlinf_pangu.megatron``
 stays cheap.

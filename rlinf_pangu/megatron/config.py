@@ -170,7 +170,7 @@ def pangu_transformer_config(
 def check_rlinf_model_cfg(actor_cfg: Any, hf_config: Any) -> None:
     """Check an RLinf actor/critic config (after RLinf's validation) against Pangu's architecture.
 
-    Runs in the driver inside ``validate_cfg`` (see ``rlinf_pangu.patches``), i.e. before Ray,
+    Runs in the driver inside ``validate_cfg`` (see ``rlinf_pangu.patches.rlinf``), i.e. before Ray,
     torch.distributed or Megatron's process groups exist: a TP/PP split the model cannot take
     and every architecture key that disagrees are reported in one error.
     """

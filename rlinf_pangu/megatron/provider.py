@@ -2,7 +2,7 @@
 
 RLinf 0.3.0 builds every Megatron model in ``MegatronModelManager.model_provider_func(self,
 pre_process, post_process)`` as ``GPTModel(config, get_specs(spec_name, ...), ...)``. Three things
-stop that from building Pangu (``rlinf_pangu.patches`` installs the replacements below):
+stop that from building Pangu (``rlinf_pangu.patches.rlinf`` installs the replacements below):
 
 * ``get_specs`` is a closed dict that builds every spec eagerly, the Transformer Engine one
   included, so it fails without TE and cannot learn a new spec name. :func:`get_specs` builds

@@ -8,7 +8,7 @@ scheduler processes) and registers each module's ``EntryClass`` under the class 
 
 Importing the package registers Pangu with transformers (config, tokenizer) in that process,
 so the ``PanguEmbedded`` config loads without the official remote code. (The start-up hook in
-:mod:`rlinf_pangu.boot` already did so before SGLang parsed the config; this is the
+:mod:`rlinf_pangu.startup.children` already did so before SGLang parsed the config; this is the
 guarantee for a process that got the package some other way.)
 """
 

@@ -27,7 +27,8 @@ from sglang.srt.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.llama import LlamaForCausalLM
 
-from rlinf_pangu import packed_bucket, patches
+from rlinf_pangu import packed_bucket
+from rlinf_pangu.patches.sglang import apply_sglang_cpu_patches
 from rlinf_pangu.layout import ROTARY_INV_FREQ, SGLANG_STACKED_PARAMS, LayoutError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class PanguEmbeddedForCausalLM(LlamaForCausalLM):
                 "openPangu-Embedded has a bias on q, k, v and o_proj, but this config sets neither "
                 "`bias` nor `attention_bias`: refusing to build a model that would drop them"
             )
-        patches.apply_sglang_cpu_patches()  # no-op unless this SGLang process serves on the CPU
+        apply_sglang_cpu_patches()  # no-op unless this SGLang process serves on the CPU
         super().__init__(config, quant_config=quant_config, prefix=prefix)
 
     def _targets(self) -> tuple[dict[str, torch.nn.Parameter], dict[str, VocabParallelEmbedding]]:

@@ -12,7 +12,7 @@ megatron-core assumes a GPU in a handful of places that the CPU tests go through
 :func:`apply` redirects all of them to the CPU for the rest of the process. It is meant for the
 spawned test ranks of :mod:`harness.launcher` (which apply it by default) and must never run in
 the pytest process itself or in product code: the product's CPU mode has its own, opt-in module
-(``rlinf_pangu.cpu_mode``), and the GPU path has none.
+(``rlinf_pangu.patches.cpu``), and the GPU path has none.
 """
 
 from __future__ import annotations

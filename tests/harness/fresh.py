@@ -15,7 +15,7 @@ _EXPORTED = ("SGLANG_EXTERNAL_MODEL_PACKAGE", "RLINF_EXT_MODULE")
 
 
 def fresh_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from rlinf_pangu.boot import BOOT_DIR
+    from rlinf_pangu.startup.children import BOOT_DIR
 
     env = {k: v for k, v in os.environ.items() if k not in _EXPORTED and not k.startswith("RLINF_PANGU_")}
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != os.path.abspath(BOOT_DIR)]

@@ -1,4 +1,4 @@
-"""``megatron.legacy.fused_kernels`` for megatron-core wheels, which do not ship ``megatron.legacy``.
+"""Patches on megatron-core: ``megatron.legacy.fused_kernels``, which no megatron-core wheel ships.
 
 Why: RLinf's ``rlinf/utils/initialize.py`` does ``from megatron.legacy import fused_kernels`` at
 import time and later calls ``fused_kernels.load(cfg)``. That module belonged to Megatron-LM's
@@ -9,42 +9,28 @@ What: an import hook that serves ``megatron.legacy`` (an empty package) and
 ``megatron.legacy.fused_kernels`` (with :func:`load`) **only when no real one is found**: the
 finder sits at the end of ``sys.meta_path``, so an installed Megatron-LM tree always wins.
 
-When: it must be in place before anything imports ``rlinf.utils.initialize``. In the driver,
-``rlinf_pangu.register()`` installs it (patch ``megatron.legacy.fused_kernels``). Ray worker
-processes are a different story: Ray unpickles the worker class, which imports
-``rlinf.workers.megatron_worker -> megatron_model_manager -> rlinf.utils.initialize`` *before*
-RLinf's ``Worker.__new__`` imports ``RLINF_EXT_MODULE`` and calls its ``register()``. So the
-hook is also installed at interpreter start-up by a one-line ``.pth`` file in site-packages
-(the standard start-up hook, the same mechanism editable installs use), written by
-``python -m rlinf_pangu.megatron_legacy_shim install-pth`` (``scripts/setup.sh`` runs it).
-The ``.pth`` line does nothing when ``rlinf_pangu`` is not importable.
+When: before anything imports ``rlinf.utils.initialize``. In the driver, ``register()`` applies
+the patch. A Ray worker unpickles the Megatron actor class (which imports
+``rlinf.utils.initialize``) *before* RLinf's ``Worker.__new__`` imports ``RLINF_EXT_MODULE``, so
+the finder is also installed at interpreter start by the ``.pth`` line of
+:mod:`rlinf_pangu.startup.site`.
+
+This module imports only the standard library: it runs at every interpreter start-up.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import logging
-import os
 import sys
-import sysconfig
-import tempfile
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-log = logging.getLogger(__name__)
+from .core import patch
 
 LEGACY = "megatron.legacy"
 FUSED_KERNELS = "megatron.legacy.fused_kernels"
-PTH_NAME = "rlinf_pangu_megatron_legacy.pth"
-#: The ``.pth`` line: guarded so a stale file cannot break interpreters once rlinf_pangu is gone.
-PTH_LINE = (
-    "import importlib.util as _u; _u.find_spec('rlinf_pangu') is not None and "
-    "__import__('rlinf_pangu.megatron_legacy_shim', fromlist=['install']).install()\n"
-)
 
 #: The kernels Megatron-LM's legacy ``fused_kernels.load`` built; megatron-core's local
 #: attention imports them when ``masked_softmax_fusion`` is on and the input is fp16/bf16.
@@ -97,11 +83,11 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         if module.__name__ == FUSED_KERNELS:
-            module.__doc__ = "Provided by rlinf_pangu.megatron_legacy_shim: " + (load.__doc__ or "").split("\n")[0]
+            module.__doc__ = "Provided by rlinf_pangu.patches.megatron: " + (load.__doc__ or "").split("\n")[0]
             module.load = load
             module.FusedKernelsUnavailable = FusedKernelsUnavailable
         else:
-            module.__doc__ = "Provided by rlinf_pangu.megatron_legacy_shim (holds fused_kernels only)."
+            module.__doc__ = "Provided by rlinf_pangu.patches.megatron (holds fused_kernels only)."
 
 
 class LegacyFinder(importlib.abc.MetaPathFinder):
@@ -154,51 +140,12 @@ def upstream_missing() -> bool:
     return importlib.machinery.PathFinder.find_spec(FUSED_KERNELS, list(legacy.submodule_search_locations)) is None
 
 
-# --------------------------------------------------------------------------------------
-# The start-up hook for processes that import RLinf before rlinf_pangu.register() runs
-# --------------------------------------------------------------------------------------
-
-
-def site_packages() -> Path:
-    """The purelib directory of the running interpreter (the venv's site-packages)."""
-    return Path(sysconfig.get_paths()["purelib"])
-
-
-def install_pth(site_dir: Path | None = None) -> Path:
-    """Write the ``.pth`` start-up line into ``site_dir`` atomically; returns its path."""
-    site_dir = Path(site_dir or site_packages())
-    target = site_dir / PTH_NAME
-    if target.exists() and target.read_text() == PTH_LINE:
-        return target
-    fd, tmp = tempfile.mkstemp(dir=site_dir, prefix=".rlinf_pangu_", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(PTH_LINE)
-    os.replace(tmp, target)
-    log.info("wrote %s", target)
-    return target
-
-
-def remove_pth(site_dir: Path | None = None) -> None:
-    (Path(site_dir or site_packages()) / PTH_NAME).unlink(missing_ok=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rlinf_pangu.megatron_legacy_shim", description=__doc__.split("\n")[0])
-    p.add_argument("action", choices=["install-pth", "remove-pth", "status"])
-    p.add_argument("--site-dir", type=Path, default=None, help="default: this interpreter's site-packages")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.action == "install-pth":
-        print(install_pth(a.site_dir))
-    elif a.action == "remove-pth":
-        remove_pth(a.site_dir)
-    else:
-        pth = Path(a.site_dir or site_packages()) / PTH_NAME
-        print(f"upstream megatron.legacy.fused_kernels missing: {upstream_missing()}")
-        print(f"finder installed in this interpreter: {installed()}")
-        print(f"start-up hook {pth}: {'present' if pth.exists() else 'absent'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+@patch(
+    "megatron.legacy.fused_kernels",
+    why="RLinf's initialize imports megatron.legacy.fused_kernels, which no megatron-core wheel ships",
+    module="megatron.core",
+    applies=upstream_missing,
+    startup=True,  # Ray workers unpickle the Megatron actor before register()
+)
+def _provide_fused_kernels() -> None:
+    install()

@@ -6,10 +6,9 @@ meta-path finder that answers for exactly one name, ``rlinf.train``, and only wh
 package does not contain one: if a future RLinf ships ``rlinf/train.py``, the finder finds it on
 disk first and steps aside, and RLinf's module runs.
 
-The finder is installed at interpreter start by ``rlinf_pangu_rlinf_train.pth``, which the package
-install puts in site-packages (``setup.py`` adds it to regular and editable wheels alike). The
-line does nothing when ``rlinf_pangu`` is gone. The module it serves is
-``rlinf_pangu/_rlinf_train_main.py`` (``main()`` of :mod:`rlinf_pangu.train`).
+The finder is installed at interpreter start by the ``.pth`` line of :mod:`rlinf_pangu.startup.site`.
+The module it serves is ``rlinf_pangu/startup/rlinf_train_main.py`` (``main()`` of
+:mod:`rlinf_pangu.train`).
 """
 
 from __future__ import annotations
@@ -20,13 +19,7 @@ import sys
 from pathlib import Path
 
 NAME = "rlinf.train"
-PTH_NAME = "rlinf_pangu_rlinf_train.pth"
-MAIN_FILE = Path(__file__).resolve().parent / "_rlinf_train_main.py"
-#: The ``.pth`` line (guarded: a stale file must never break an interpreter).
-PTH_LINE = (
-    "import importlib.util as _u; _u.find_spec('rlinf_pangu') is not None and "
-    "__import__('rlinf_pangu.rlinf_train', fromlist=['install']).install()\n"
-)
+MAIN_FILE = Path(__file__).resolve().parent / "rlinf_train_main.py"
 
 
 def rlinf_ships_train(path=None) -> bool:

@@ -1,4 +1,4 @@
-"""``rlinf.train``, provided by rlinf-pangu while RLinf ships none (see rlinf_pangu.rlinf_train).
+"""``rlinf.train``, provided by rlinf-pangu while RLinf ships none (see rlinf_pangu.startup.rlinf_train).
 
 Runs :func:`rlinf_pangu.train.main`: ``python -m rlinf.train --config PATH.yaml [key=value ...]``.
 """

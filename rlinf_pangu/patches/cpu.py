@@ -1,4 +1,4 @@
-"""The explicit CPU mode (``cluster.device: cpu``): RLinf's real GRPO loop on a host with no GPU.
+"""The CPU-mode redirects (``cluster.device: cpu``): RLinf's real GRPO loop on a host with no GPU.
 
 Why a separate module: RLinf 0.3.0, megatron-core and RLinf's SGLang engine assume CUDA in a
 handful of places. Everything that redirects them lives here, each redirect with its reason, and
@@ -13,7 +13,7 @@ Where each redirect runs (all are idempotent):
   RLinf's ``RLINF_EXT_MODULE`` hook): the CPU torch platform for RLinf's accelerator layer, and
   hooks that take effect when the Megatron actor or the SGLang rollout is imported;
 * SGLang's scheduler processes — :func:`arm` (called by ``rlinf_pangu.patches.arm_startup()``
-  from the ``rlinf_pangu.boot`` start-up hook).
+  from the :mod:`rlinf_pangu.startup.children` start-up hook).
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ from typing import Any, Callable
 
 import torch
 
+from .core import CPU_MODE_ENV as ENV
+from .core import after_import as _after_import
+from .core import cpu_mode_run
+
 log = logging.getLogger(__name__)
 
-ENV = "RLINF_PANGU_DEVICE"
 #: SGLang's KV cache size in tokens (from ``rollout.cpu_max_total_tokens``), set by the driver.
 ENV_MAX_TOTAL_TOKENS = "RLINF_PANGU_SGLANG_MAX_TOTAL_TOKENS"
 
@@ -37,7 +40,7 @@ _DONE: set[str] = set()
 
 def enabled() -> bool:
     """True in a process of a CPU-mode run (the driver exported ``RLINF_PANGU_DEVICE=cpu``)."""
-    return os.environ.get(ENV, "").lower() == "cpu"
+    return cpu_mode_run()
 
 
 def _once(name: str) -> bool:
@@ -45,12 +48,6 @@ def _once(name: str) -> bool:
         return False
     _DONE.add(name)
     return True
-
-
-def _after_import(module: str, fn: Callable[[Any], None]) -> None:
-    from .patches import after_import
-
-    after_import(module, fn)
 
 
 # --------------------------------------------------------------------------------------
@@ -333,7 +330,7 @@ def cpu_server_args(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sglang_worker(_sw) -> None:
-    from .rlinf_compat import SERVER_ARGS_HOOKS
+    from .rlinf import SERVER_ARGS_HOOKS
 
     if cpu_server_args not in SERVER_ARGS_HOOKS:
         SERVER_ARGS_HOOKS.append(cpu_server_args)

@@ -11,7 +11,7 @@ before any code of ours could run there:
   imports its external model package, so the Pangu config must already be registered with
   transformers.
 
-:func:`install_for_children` prepends ``rlinf_pangu/_boot`` to ``PYTHONPATH``; the
+:func:`install_for_children` prepends ``rlinf_pangu/startup/_site`` to ``PYTHONPATH``; the
 ``sitecustomize`` there calls :func:`install` at interpreter start, which only arms two
 post-import hooks (nothing heavy is imported at start-up):
 
@@ -19,7 +19,7 @@ post-import hooks (nothing heavy is imported at start-up):
 * when ``sglang.srt.utils.hf_transformers`` (SGLang's config/tokenizer loading) has loaded:
   ``rlinf_pangu.register(rlinf=False)``;
 
-and then lets ``rlinf_pangu.patches.arm_startup()`` arm the start-up patches for RLinf's own
+and then lets :func:`rlinf_pangu.patches.arm_startup` arm the start-up patches for RLinf's own
 modules (import-time fixes Ray workers and SGLang's processes need before ``register()``).
 
 This module must stay import-light: it runs in every child interpreter.
@@ -33,13 +33,14 @@ from typing import Callable
 __all__ = ["BOOT_DIR", "install", "install_for_children", "child_env"]
 
 #: The directory whose ``sitecustomize.py`` runs :func:`install` in child interpreters.
-BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
+BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
 
 
 def _after_transformers_config_auto(_module) -> None:
-    from . import patches
+    from rlinf_pangu.patches import apply_patch
+    from rlinf_pangu.patches.transformers import SGLANG_EXIST_OK
 
-    patches.apply_patch(patches.SGLANG_EXIST_OK)
+    apply_patch(SGLANG_EXIST_OK)
 
 
 def _after_sglang_hf_utils(_module) -> None:
@@ -61,15 +62,13 @@ def install() -> None:
     """Arm the post-import hooks in this interpreter (idempotent); run them now for loaded modules."""
     if _INSTALLED:
         return
-    from .patches import after_import
+    from rlinf_pangu.patches import after_import, arm_startup
 
     for name, callback in HOOKS.items():
         after_import(name, callback)
     # RLinf's import-time fixes (SGLang version gate, moved SGLang symbols ...) and, in an
     # explicit CPU-mode run only, the CPU redirects: Ray workers and SGLang's scheduler
     # processes import RLinf before register() can run there.
-    from .patches import arm_startup
-
     arm_startup()
     _INSTALLED.append(True)
 

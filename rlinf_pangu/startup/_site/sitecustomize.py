@@ -1,7 +1,7 @@
-"""rlinf-pangu start-up hook for child interpreters (on PYTHONPATH via rlinf_pangu.boot).
+"""rlinf-pangu start-up hook for child interpreters (on PYTHONPATH via rlinf_pangu.startup.children).
 
 Runs any other ``sitecustomize`` on ``sys.path`` first (this one shadows it), then arms
-``rlinf_pangu.boot``'s post-import hooks. It must never break interpreter start-up.
+``rlinf_pangu.startup.children``' post-import hooks. It must never break interpreter start-up.
 """
 
 import importlib.util
@@ -28,8 +28,8 @@ except Exception as e:  # noqa: BLE001
     print(f"rlinf_pangu: chained sitecustomize failed: {e!r}", file=sys.stderr)
 
 try:
-    from rlinf_pangu import boot as _boot
+    from rlinf_pangu.startup import children as _children
 
-    _boot.install()
+    _children.install()
 except Exception as e:  # noqa: BLE001
     print(f"rlinf_pangu: start-up hook not installed: {e!r}", file=sys.stderr)

@@ -8,8 +8,10 @@ output-embedding rows along the mean final hidden state), so a random model answ
 digit most of the time and the right one about one time in ten. Which digit answers which
 question is still random: that is what the reward teaches, visibly within a few dozen steps.
 
-Only for factory-made demo checkpoints (``pangu.make_checkpoint.answer_prior``); an untied output
-layer is required (the prior must not move the input embeddings).
+Only for factory-made demo checkpoints: the demo's YAML asks for it as a finishing step of the
+checkpoint factory (``pangu.make_checkpoint.finish: [{call: rlinf_pangu.demo.answer_prior:finish,
+strength: 12.0}]``); nothing on the general path imports this module. An untied output layer is
+required (the prior must not move the input embeddings).
 """
 
 from __future__ import annotations
@@ -80,3 +82,11 @@ def apply_answer_prior(ckpt: str | os.PathLike, strength: float, prompts: Sequen
         raise
     log.info("answer prior: +%.1f nats on digit tokens %s in %s", strength, ids, ckpt)
     return ids
+
+
+def finish(ckpt: str | os.PathLike, cfg, strength: float) -> None:
+    """The checkpoint factory's finishing step (``pangu.make_checkpoint.finish``): the prior, shaped
+    by the run's first training prompts as the model sees them."""
+    from rlinf_pangu.config import chat_prompts
+
+    apply_answer_prior(ckpt, float(strength), chat_prompts(cfg, Path(ckpt)))

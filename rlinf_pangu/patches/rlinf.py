@@ -1,0 +1,793 @@
+"""Patches on RLinf 0.3.0: what its GRPO loop needs to build, train and serve Pangu on the pinned
+stack (megatron-core 0.19, sglang 0.5.17, transformers 5.17, torch 2.11).
+
+Sections, in the order a step meets them: the Megatron model (spec, provider, args, forward),
+the start-up checkpoint conversion, the weight sync, RLinf's SGLang rollout, and the training
+loop. Each patch is declared next to its body. The ``startup=True`` ones fix import-time
+failures or must be in place before ``register()`` runs in a child interpreter (Ray workers and
+SGLang's scheduler processes import RLinf first): :mod:`rlinf_pangu.startup.children` arms them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.abc
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from .core import HookedLoader, after_import, before_exec, mark, mod, patch, patched, source_of, upstream_file, upstream_source
+
+log = logging.getLogger("rlinf_pangu.patches")
+
+_MM = "rlinf.hybrid_engines.megatron.megatron_model_manager"
+_INIT = "rlinf.utils.initialize"
+_RLINF_CONVERTER = "rlinf.utils.ckpt_convertor.megatron_convertor.convert_hf_to_mg"
+_RESHARD_UTILS = "rlinf.utils.resharding.utils"
+_RESHARD_CONFIG = "rlinf.utils.resharding.reshard_config"
+_MACTOR = "rlinf.workers.actor.megatron_actor_worker"
+_SGL_GATE = "rlinf.workers.rollout.sglang"
+_SGL_WORKER = "rlinf.workers.rollout.sglang.sglang_worker"
+_SGL_SCHED = "rlinf.hybrid_engines.sglang.common.sgl_scheduler"
+_SGL_TM = "rlinf.hybrid_engines.sglang.common.tokenizer_manager"
+_CLUSTER = "rlinf.scheduler.cluster.cluster"
+_DATASET = "rlinf.data.datasets.reasoning"
+_RUNNER = "rlinf.runners.reasoning_runner"
+_MWORKER = "rlinf.workers.megatron_worker"
+
+
+# ======================================================================================
+# The Megatron model: spec, provider, config checks, Megatron's args, the forward
+# ======================================================================================
+
+
+@patch(
+    "rlinf.get_specs",
+    why="RLinf's get_specs builds every spec eagerly (the TE one fails without TE) and cannot learn Pangu's spec",
+    module=_MM,
+    applies=lambda: "pangu" not in source_of(_MM, "get_specs").lower(),
+    startup=True,
+)
+def _lazy_get_specs() -> None:
+    def install(mm) -> None:
+        from rlinf_pangu.megatron.provider import make_get_specs
+
+        if not patched(mm.get_specs):
+            mm.get_specs = make_get_specs(mm.get_specs)
+
+    after_import(_MM, install)
+
+
+@patch(
+    "rlinf.model_provider_func",
+    why="RLinf 0.3.0's provider takes (pre_process, post_process) only (megatron-core>=0.17 passes config/pg_collection/vp_stage) and cannot build Pangu",
+    module=_MM,
+    applies=lambda: "pangu" not in source_of(_MM, "MegatronModelManager.model_provider_func").lower(),
+    startup=True,
+)
+def _pangu_model_provider() -> None:
+    def install(mm) -> None:
+        from rlinf_pangu.megatron.provider import make_model_provider_func
+
+        cls = mm.MegatronModelManager
+        if not patched(cls.model_provider_func):
+            cls.model_provider_func = make_model_provider_func(cls.model_provider_func)
+
+    after_import(_MM, install)
+
+
+@patch(
+    "rlinf.validate_model_cfg_by_hf_config",
+    why="RLinf's HF-config validation does not check Pangu's architecture keys or its TP/PP divisibility (errors would surface inside Megatron workers)",
+    module="rlinf.config",
+    applies=lambda: "pangu" not in source_of("rlinf.config", "validate_model_cfg_by_hf_config").lower(),
+)
+def _validate_pangu_cfg() -> None:
+    rc = mod("rlinf.config")
+    original = rc.validate_model_cfg_by_hf_config
+    if patched(original):
+        return
+
+    def validate_model_cfg_by_hf_config(cfg, hf_model_path):
+        cfg = original(cfg, hf_model_path)
+        from transformers import AutoConfig
+
+        from rlinf_pangu.megatron.config import check_rlinf_model_cfg, is_pangu_hf_config
+
+        hf_config = AutoConfig.from_pretrained(hf_model_path, trust_remote_code=True)
+        if is_pangu_hf_config(hf_config):
+            check_rlinf_model_cfg(cfg, hf_config)
+        return cfg
+
+    rc.validate_model_cfg_by_hf_config = mark(validate_model_cfg_by_hf_config, original)
+
+
+# --- Megatron's global args (rlinf-compat #19) ----------------------------------------
+
+MEGATRON_ARGS = "rlinf.set_megatron_args:complete"
+
+
+@functools.lru_cache(maxsize=1)
+def megatron_arg_defaults() -> dict[str, Any]:
+    """Every Megatron-LM argument with its argparse default (megatron-core's ``megatron.training``)."""
+    from megatron.training.arguments import add_megatron_arguments
+
+    parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False, add_help=False))
+    return vars(parser.parse_args([]))
+
+
+#: Megatron arguments whose argparse default is a dtype *name* that ``validate_args`` (which cannot
+#: run on RLinf's args) maps to a ``torch.dtype``; stored as RLinf's ``${torch.dtype:...}``.
+DTYPE_ARGS = (
+    "main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype",
+    "mamba_inference_conv_states_dtype", "mamba_inference_ssm_states_dtype", "mamba_training_ssm_states_dtype",
+    "megatron_fsdp_main_params_dtype", "megatron_fsdp_main_grads_dtype", "megatron_fsdp_grad_comm_dtype",
+)
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "uint8"}
+
+
+def _megatron_value(key: str, value: Any) -> Any:
+    if key in DTYPE_ARGS and isinstance(value, str):
+        name = _DTYPE_NAMES.get(value)
+        return "${torch.dtype:" + name + "}" if name else None
+    return value
+
+
+def complete_megatron_args(args: Any) -> list[str]:
+    """Add, in place, every Megatron argument ``args`` (RLinf's DictConfig) lacks; returns the names.
+
+    RLinf keys always win: only absent keys are added, with Megatron's own defaults, which is what
+    ``megatron.training`` would see had it parsed its command line itself.
+    """
+    from omegaconf import open_dict
+
+    added = []
+    with open_dict(args):
+        for key, value in megatron_arg_defaults().items():
+            if key not in args:
+                args[key] = _megatron_value(key, value)
+                added.append(key)
+    return added
+
+
+def make_complete_set_args(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    def set_args(args):
+        added = complete_megatron_args(args)
+        log.debug("Megatron args: %d defaults added to RLinf's %d keys", len(added), len(args) - len(added))
+        return original(args)
+
+    return mark(set_args, original)
+
+
+def _megatron_args_incomplete() -> bool:
+    init = upstream_source(_INIT)
+    training = upstream_source("megatron.training.training")
+    return "extract_selected_fields" in init and "perform_rl_step" in training and "perform_rl_step" not in init
+
+
+@patch(
+    MEGATRON_ARGS,
+    why="RLinf builds Megatron's global args from its own YAML field list; megatron-core 0.19's megatron.training reads ~800 argparse keys it lacks (perform_rl_step ...): add the missing ones with Megatron's defaults",
+    module=_INIT,
+    applies=_megatron_args_incomplete,
+    startup=True,
+)
+def _complete_megatron_args() -> None:
+    # set_megatron_args() (called again in setup_model_and_optimizer) hands its args to the
+    # module-global set_args: wrapping that catches every rebuild.
+    def install(init) -> None:
+        if not patched(init.set_args):
+            init.set_args = make_complete_set_args(init.set_args)
+
+    after_import(_INIT, install)
+
+
+# --- Sequence packing needs Transformer Engine ----------------------------------------
+
+NO_PACKING_WITHOUT_TE = "rlinf.custom_forward:no-packing-without-TE"
+
+
+def te_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+class _CausalOnly:
+    """Calls the model without RLinf's 2-D padding mask (megatron-core's own attention wants a 4-D
+    one and builds the causal mask itself when given none). Exact here: RLinf's unpacked path
+    removes the left padding, so every row is right-padded and a valid token only ever attends to
+    valid tokens before it; padded positions are dropped afterwards."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        kwargs["attention_mask"] = None
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        from megatron.training.training import unwrap_model
+
+        return getattr(unwrap_model(self._model), name)
+
+
+def make_custom_forward(original: Callable) -> Callable:
+    """RLinf's ``custom_forward`` without sequence packing when Transformer Engine is absent.
+
+    RLinf packs every micro-batch into THD form (``packed_seq_params``); only TE's attention runs
+    that, megatron-core's own ``DotProductAttention`` asserts. RLinf's own unpacked path (left
+    padding removed) computes the same log-probs; its 2-D padding mask is left to TE too, so the
+    model is called causal-only (:class:`_CausalOnly`).
+    """
+
+    def custom_forward(model, *args, **kwargs):
+        kwargs["pack_seqs"] = False
+        return original(_CausalOnly(model), *args, **kwargs)
+
+    return mark(custom_forward, original)
+
+
+@patch(
+    NO_PACKING_WITHOUT_TE,
+    why="RLinf's Megatron forward always packs sequences (THD), which only Transformer Engine's attention runs; without TE, use RLinf's own unpacked path",
+    module=_MM,
+    applies=lambda: "pack_seqs=True" in upstream_source(_MM) and not te_installed(),
+    startup=True,
+)
+def _no_packing_without_te() -> None:
+    def install(mm) -> None:
+        cls = mm.MegatronModelManager
+        fn = cls.__dict__["custom_forward"]
+        original = fn.__func__ if isinstance(fn, staticmethod) else fn
+        if not patched(original):
+            cls.custom_forward = staticmethod(make_custom_forward(original))
+
+    after_import(_MM, install)
+
+
+# ======================================================================================
+# The start-up HF -> Megatron conversion
+# ======================================================================================
+
+CKPT_CONVERT_DISPATCH = "rlinf.convert_hf_to_mg:pangu"
+
+
+def _rlinf_converter_lacks_pangu() -> bool:
+    """RLinf's converter knows a model only through its packaged default_args.yaml (read as
+    text: importing the converter costs seconds)."""
+    spec = importlib.util.find_spec("rlinf")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    yaml_path = Path(spec.submodule_search_locations[0]) / "utils/ckpt_convertor/megatron_convertor/default_args.yaml"
+    return yaml_path.is_file() and "pangu" not in yaml_path.read_text().lower()
+
+
+@patch(
+    CKPT_CONVERT_DISPATCH,
+    why="RLinf's convert_hf_to_mg has no Pangu entry, its GQA path drops o_proj.bias, and it reconverts on every start: Pangu goes through ckpt_convertor (cached, atomic, locked)",
+    module=_RLINF_CONVERTER,
+    applies=_rlinf_converter_lacks_pangu,
+)
+def _route_pangu_conversion() -> None:
+    def install(converter) -> None:
+        from ckpt_convertor.startup import dispatching_converter
+
+        converter.convert_hf_to_mg = dispatching_converter(converter.convert_hf_to_mg)
+
+    after_import(_RLINF_CONVERTER, install)
+
+
+# ======================================================================================
+# The weight sync
+# ======================================================================================
+
+RESHARD_DISPATCH = "rlinf.get_reshard_fn:pangu"
+
+
+def _rlinf_has_no_pangu_reshard() -> bool:
+    return any(
+        "pangu" not in source_of(_RESHARD_UTILS, getter).lower()
+        for getter in ("get_tp_reshard_fn", "get_pp_reshard_fn")
+    )
+
+
+@patch(
+    RESHARD_DISPATCH,
+    why="RLinf's get_tp/pp_reshard_fn are hard-coded if/else chains (imported by name into reshard_config) that raise for any model type they do not list",
+    module=_RESHARD_CONFIG,
+    applies=_rlinf_has_no_pangu_reshard,
+)
+def _dispatch_reshard_fns() -> None:
+    # Installed when reshard_config is imported (it pulls in megatron.core, too heavy for register()).
+    def install(rc) -> None:
+        import resharding
+
+        ru = mod(_RESHARD_UTILS)
+        for getter, table in (("get_tp_reshard_fn", resharding.TP_RESHARD_FNS), ("get_pp_reshard_fn", resharding.PP_RESHARD_FNS)):
+            original = getattr(ru, getter)
+            if not patched(original):
+
+                def dispatch(model_type, _original=original, _table=table):
+                    target = _table.get(getattr(model_type, "value", model_type))
+                    return resharding.resolve(target) if target is not None else _original(model_type)
+
+                setattr(ru, getter, mark(dispatch, original))
+            setattr(rc, getter, getattr(ru, getter))  # ReshardConfig calls the name it imported
+
+    after_import(_RESHARD_CONFIG, install)
+
+
+ROLLOUT_SYNC_SETUP = "rlinf.MegatronActor:rollout-sync-setup"
+
+
+def _set_bucket_capacity(actor) -> None:
+    capacity = actor.cfg.actor.get("sync_bucket_capacity", None)
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"actor.sync_bucket_capacity must be a positive number of bytes, got {capacity!r}")
+        actor.rollout_weights_reshard.bucket_capacity = capacity
+    log.info("weight-sync bucket capacity: %d MiB", actor.rollout_weights_reshard.bucket_capacity // 2**20)
+
+
+def _choose_packing(actor) -> None:
+    from resharding.convertor import PanguConvertor
+
+    from rlinf_pangu.packed_bucket import rollout_reads_packed
+
+    convertor = getattr(getattr(actor.rollout_weights_reshard, "config", None), "_convertor", None)
+    if not isinstance(convertor, PanguConvertor):
+        return  # another model type, the mcore format, or a caller's own convert_fn
+    rollout = actor.cfg.rollout
+    convertor.packed, why = rollout_reads_packed(rollout.get("rollout_backend", "sglang"), rollout.model.model_path)
+    log.info("weight-sync buckets: %s (%s)", "one packed buffer each" if convertor.packed else "a tensor per HF name", why)
+
+
+def make_rollout_sync_setup(original: Callable) -> Callable:
+    """After RLinf's ``MegatronActor.init_worker_customize`` built the rollout sync: give it the
+    bucket capacity ``actor.sync_bucket_capacity`` (bytes; the key and unit RLinf's FSDP actor
+    already reads; absent: RLinf's 128 MiB), and let Pangu's convertor pack buckets only when the
+    rollout is the class that unpacks them (``rlinf_pangu.packed_bucket.rollout_reads_packed``)."""
+
+    def init_worker_customize(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        _set_bucket_capacity(self)
+        _choose_packing(self)
+        return out
+
+    return mark(init_worker_customize, original)
+
+
+@patch(
+    ROLLOUT_SYNC_SETUP,
+    why="RLinf's Megatron actor builds its rollout sync from the model type alone: no bucket capacity (ReshardConfig's 128 MiB; a 7B sync measured 0.30 s vs 0.10 s in 2 GiB buckets) and no say in whether the rollout can unpack Pangu's packed buckets",
+    module=_MACTOR,
+    applies=lambda: "rollout_weights_reshard = MegatronCoreWeightReshard" in upstream_source(_MACTOR)
+    and "bucket_capacity" not in upstream_source(_MACTOR)
+    and "get_mg2hf_convertor(self.model_type, self, strict=True)" in upstream_source(_RESHARD_CONFIG),
+)
+def _rollout_sync_setup() -> None:
+    def install(ma) -> None:
+        fn = ma.MegatronActor.init_worker_customize
+        if not patched(fn):
+            ma.MegatronActor.init_worker_customize = make_rollout_sync_setup(fn)
+
+    after_import(_MACTOR, install)
+
+
+# ======================================================================================
+# RLinf's SGLang rollout on sglang 0.5.17 (rlinf-compat #5, #6, #9, #16, #17)
+# ======================================================================================
+
+SGLANG_GATE = "rlinf.rollout.sglang:version-gate"
+
+#: The SGLang releases RLinf's rollout is run with here: 0.4.4 (RLinf's own floor) .. the pinned one.
+SGLANG_SUPPORTED = ("0.4.4", "0.5.17")
+#: The literal of RLinf 0.3.0's upper bound in ``rlinf/workers/rollout/sglang/__init__.py``.
+RLINF_SGLANG_BOUND = 'package_version <= parse("0.5.4")'
+
+
+def widen_sglang_gate(module) -> None:
+    """Execute RLinf's ``rlinf.workers.rollout.sglang`` with its upper bound at the pinned SGLang.
+
+    The gate is module-level code, so the only narrow fix is to run that module's own source with
+    one literal changed (the same file name, so tracebacks and ``inspect`` still point at it).
+    """
+    path = upstream_file(module.__name__)
+    source = path.read_text()
+    if RLINF_SGLANG_BOUND not in source:
+        return
+    source = source.replace(RLINF_SGLANG_BOUND, f'package_version <= parse("{SGLANG_SUPPORTED[1]}")')
+    module.__rlinf_pangu_source__ = source
+    loader = module.__spec__.loader
+    while isinstance(getattr(loader, "_inner", None), HookedLoader):  # hook loaders wrap each other
+        loader = loader._inner
+    loader_inner = getattr(loader, "_inner", loader)
+
+    class _Rewritten(importlib.abc.Loader):
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, mod):
+            exec(compile(source, str(path), "exec"), mod.__dict__)
+
+        def get_source(self, name):
+            return source
+
+        def __getattr__(self, name):
+            return getattr(loader_inner, name)
+
+    rewritten = _Rewritten()
+    # the hook loader runs its inner loader after this callback: point it at the rewritten source.
+    if isinstance(loader, HookedLoader):
+        loader._inner = rewritten
+
+
+def _sglang_gate_too_narrow() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import parse
+
+    try:
+        installed = parse(version("sglang"))
+    except PackageNotFoundError:
+        return False
+    return RLINF_SGLANG_BOUND in upstream_source(_SGL_GATE) and installed > parse("0.5.4")
+
+
+@patch(
+    SGLANG_GATE,
+    why="RLinf 0.3.0's SGLang rollout refuses sglang > 0.5.4; torch 2.11 needs sglang 0.5.11..0.5.17 (the pinned 0.5.17 runs with the patches below)",
+    module=_SGL_GATE,
+    applies=_sglang_gate_too_narrow,
+    startup=True,
+)
+def _widen_sglang_gate() -> None:
+    if not before_exec(_SGL_GATE, widen_sglang_gate):
+        log.error("%s was imported before the SGLang version patch could run", _SGL_GATE)
+
+
+SGLANG_COMMUNICATOR = "rlinf.TokenizerManager:_Communicator"
+
+
+def make_communicator_cls():
+    """RLinf's ``_Communicator(sender, fan_out)`` on sglang 0.5.17's ``FanOutCommunicator``.
+
+    RLinf hands the ZMQ socket; 0.5.17's communicator wants the function that sends on it.
+    """
+    from sglang.srt.managers.communicator import FanOutCommunicator
+
+
+    class _Communicator(FanOutCommunicator):
+        def __init__(self, sender, fan_out: int, mode: str = "queueing"):
+            send = sender if callable(sender) else functools.partial(_sock_send, sender)
+            super().__init__(send, fan_out, mode)
+
+    return _Communicator
+
+
+def _sock_send(sock, obj) -> None:
+    from sglang.srt.managers.io_struct import sock_send
+
+    sock_send(sock, obj)
+
+
+def _communicator_moved() -> bool:
+    return (
+        "tokenizer_communicator_mixin import _Communicator" in upstream_source(_SGL_TM)
+        and "class _Communicator" not in upstream_source("sglang.srt.managers.tokenizer_manager")
+        and upstream_file("sglang.srt.managers.tokenizer_communicator_mixin") is None
+    )
+
+
+@patch(
+    SGLANG_COMMUNICATOR,
+    why="RLinf's TokenizerManager imports _Communicator from sglang modules 0.5.17 no longer has; 0.5.17's FanOutCommunicator does the job given the send function",
+    module=_SGL_TM,
+    applies=_communicator_moved,
+    startup=True,
+)
+def _provide_communicator() -> None:
+    def provide(_rlinf_tm) -> None:
+        stm = mod("sglang.srt.managers.tokenizer_manager")
+        if not hasattr(stm, "_Communicator"):
+            stm._Communicator = make_communicator_cls()
+
+    before_exec(_SGL_TM, provide)
+
+
+SGLANG_SERVER_ARGS = "rlinf.SGLangWorker:ServerArgs-renamed"
+
+#: RLinf 0.3.0 ``ServerArgs`` keyword -> sglang 0.5.17 name.
+SERVER_ARGS_RENAMED = {"cuda_graph_max_bs": "cuda_graph_max_bs_decode"}
+
+#: Extra ``kwargs -> kwargs`` rewrites of RLinf's ServerArgs (the CPU mode adds its settings here).
+SERVER_ARGS_HOOKS: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+
+
+def make_server_args_factory(server_args_cls: type) -> Callable[..., Any]:
+    """``ServerArgs(**kwargs)`` with RLinf's renamed keywords mapped (a real ServerArgs comes out)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(server_args_cls)}
+
+    def ServerArgs(**kwargs):  # noqa: N802  (stands in for the class at RLinf's call site)
+        for old, new in SERVER_ARGS_RENAMED.items():
+            if old in kwargs and old not in fields:
+                kwargs[new] = kwargs.pop(old)
+        for hook in SERVER_ARGS_HOOKS:
+            kwargs = hook(kwargs)
+        return server_args_cls(**kwargs)
+
+    return mark(ServerArgs, server_args_cls)
+
+
+@patch(
+    SGLANG_SERVER_ARGS,
+    why="RLinf passes ServerArgs(cuda_graph_max_bs=...); sglang 0.5.17 calls it cuda_graph_max_bs_decode",
+    module=_SGL_WORKER,
+    applies=lambda: "cuda_graph_max_bs=" in upstream_source(_SGL_WORKER)
+    and "cuda_graph_max_bs:" not in upstream_source("sglang.srt.server_args"),
+    startup=True,
+)
+def _rename_server_args() -> None:
+    def install(sw) -> None:
+        if not patched(sw.ServerArgs):
+            sw.ServerArgs = make_server_args_factory(sw.ServerArgs)
+
+    after_import(_SGL_WORKER, install)
+
+
+SGLANG_PARALLEL_STATE = "rlinf.Scheduler:tp_size"
+
+
+def add_parallel_state_properties(scheduler_cls: type) -> list[str]:
+    """RLinf's Scheduler reads ``self.tp_size``/``self.tp_rank``; sglang 0.5.17 keeps them in ``self.ps``."""
+    added = []
+    for name in ("tp_size", "tp_rank"):
+        if name in vars(scheduler_cls) or any(name in vars(b) for b in scheduler_cls.__mro__[1:]):
+            continue
+        setattr(scheduler_cls, name, property(lambda self, _n=name: getattr(self.ps, _n)))
+        added.append(name)
+    return added
+
+
+@patch(
+    SGLANG_PARALLEL_STATE,
+    why="RLinf's Scheduler reads self.tp_size/self.tp_rank; sglang 0.5.17's Scheduler keeps them in self.ps",
+    module=_SGL_SCHED,
+    applies=lambda: "self.tp_size" in upstream_source(_SGL_SCHED)
+    and "self.tp_size =" not in upstream_source("sglang.srt.managers.scheduler"),
+    startup=True,
+)
+def _scheduler_parallel_state() -> None:
+    after_import(_SGL_SCHED, lambda m: add_parallel_state_properties(m.Scheduler))
+
+
+SGLANG_MEMORY_OCCUPATION = "rlinf.Scheduler:release/resume-routing"
+
+
+def route_memory_occupation(rlinf_scheduler_cls: type) -> None:
+    """Send SGLang's release/resume requests through RLinf's Scheduler overrides again.
+
+    RLinf's overrides keep ``is_weight_offloaded`` (its weight sync resumes the weights only when
+    that flag says they were released) and call ``super()``; sglang 0.5.17 dispatches both
+    requests straight to ``self.weight_updater`` and its Scheduler has no such methods. Without
+    this the sync writes into paused (unmapped) weight memory: ``CUDA error: invalid argument``.
+    """
+    base = rlinf_scheduler_cls.__mro__[1]
+    for name in ("release_memory_occupation", "resume_memory_occupation"):
+        if not hasattr(base, name):
+            setattr(base, name, lambda self, req, _n=name: getattr(self.weight_updater, _n)(req))
+    original = rlinf_scheduler_cls.__init__
+    if patched(original):
+        return
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        reroute_memory_requests(self)
+
+    rlinf_scheduler_cls.__init__ = mark(__init__, original)
+
+
+def reroute_memory_requests(scheduler) -> None:
+    """Point this scheduler's release/resume requests at its own (RLinf's) methods."""
+    from sglang.srt.managers.io_struct import ReleaseMemoryOccupationReqInput, ResumeMemoryOccupationReqInput
+
+    mapping = scheduler._request_dispatcher._mapping
+    mapping[ReleaseMemoryOccupationReqInput] = scheduler.release_memory_occupation
+    mapping[ResumeMemoryOccupationReqInput] = scheduler.resume_memory_occupation
+
+
+@patch(
+    SGLANG_MEMORY_OCCUPATION,
+    why="sglang 0.5.17 dispatches release/resume_memory_occupation to its weight updater, past RLinf's Scheduler overrides: RLinf never learns the weights were paused and syncs into unmapped memory (CUDA invalid argument)",
+    module=_SGL_SCHED,
+    applies=lambda: "def release_memory_occupation" in upstream_source(_SGL_SCHED)
+    and "self.weight_updater.release_memory_occupation" in upstream_source("sglang.srt.managers.scheduler")
+    and "def release_memory_occupation" not in upstream_source("sglang.srt.managers.scheduler"),
+    startup=True,
+)
+def _route_memory_occupation() -> None:
+    after_import(_SGL_SCHED, lambda m: route_memory_occupation(m.Scheduler))
+
+
+# ======================================================================================
+# The training loop: cluster, dataset, runner, metrics
+# ======================================================================================
+
+RAY_STATE_WITHOUT_DASHBOARD = "rlinf.Cluster:failure-handler-without-dashboard"
+
+
+def make_list_actors(original: Callable) -> Callable:
+    """Ray's ``list_actors``, or no actors when the state API (the dashboard) is not running.
+
+    RLinf's SIGUSR1 handler kills the listed actors, then shuts Ray down, which ends every actor
+    this driver created anyway; listing nothing lets it reach that and its exit message.
+    """
+
+    def list_actors(*args, **kwargs):
+        from ray.util.state.exception import ServerUnavailable
+
+        try:
+            return original(*args, **kwargs)
+        except ServerUnavailable:
+            log.warning("Ray's state API is not running (no dashboard): leaving actor clean-up to ray.shutdown()")
+            return []
+
+    return mark(list_actors, original)
+
+
+@patch(
+    RAY_STATE_WITHOUT_DASHBOARD,
+    why="RLinf's worker-failure handler lists actors through Ray's state API, which needs the dashboard the driver does not start: its ServerUnavailable buried the worker's real error",
+    module=_CLUSTER,
+    applies=lambda: "list_actors(" in upstream_source(_CLUSTER),
+)
+def _failure_handler_without_dashboard() -> None:
+    def install(cl) -> None:
+        if not patched(cl.list_actors):
+            cl.list_actors = make_list_actors(cl.list_actors)
+
+    after_import(_CLUSTER, install)
+
+
+DATASET_ENCODE = "rlinf.ReasoningDataset.encode_batch"
+
+
+def encode_batch(self, texts) -> list[list[int]]:
+    """``ReasoningDataset.encode_batch`` through the tokenizer's ``__call__`` (transformers 5)."""
+    return self.tokenizer(list(texts))["input_ids"]
+
+
+@patch(
+    DATASET_ENCODE,
+    why="RLinf's dataset calls tokenizer.batch_encode_plus (gone in transformers 5): every sample is silently dropped, then 'No samples found within max_prompt_length'",
+    module=_DATASET,
+    applies=lambda: "batch_encode_plus" in upstream_source(_DATASET)
+    and "def batch_encode_plus" not in upstream_source("transformers.tokenization_utils_base"),
+)
+def _dataset_encode_batch() -> None:
+    def install(ds) -> None:
+        ds.ReasoningDataset.encode_batch = encode_batch
+
+    after_import(_DATASET, install)
+
+
+RUNNER_LAST_STEP = "rlinf.ReasoningRunner:log-last-step"
+
+
+class RunFinished(Exception):
+    """Raised at the start of the step after the last one, once the last step has been logged."""
+
+
+def make_check_progress(original: Callable) -> Callable:
+    """RLinf's ``check_progress`` that never reports the end itself: the runner then logs the last
+    step's metrics (it returns before logging them otherwise) and stops at the next batch."""
+
+    def check_progress(step, max_steps, *args, **kwargs):
+        run_val, save_model, is_train_end = original(step, max_steps, *args, **kwargs)
+        if is_train_end:
+            check_progress.finished = True
+        return run_val, save_model, False
+
+    check_progress.finished = False
+    return mark(check_progress, original)
+
+
+def make_put_batch(original: Callable, progress: Callable) -> Callable:
+    def _put_batch(self, *args, **kwargs):
+        if getattr(progress, "finished", False):
+            raise RunFinished()
+        return original(self, *args, **kwargs)
+
+    return mark(_put_batch, original)
+
+
+def make_run(original: Callable, progress: Callable) -> Callable:
+    def run(self, *args, **kwargs):
+        progress.finished = False
+        try:
+            return original(self, *args, **kwargs)
+        except RunFinished:
+            logging.getLogger("rlinf_pangu.train").info("Step limit max_steps=%s reached. Stopping run", self.max_steps)
+        finally:
+            self.metric_logger.finish()
+
+    return mark(run, original)
+
+
+def _runner_drops_last_step() -> bool:
+    run = source_of(_RUNNER, "ReasoningRunner.run")
+    end, log_at = run.find("if is_train_end:"), run.find("self.metric_logger.log(")
+    return 0 <= end < log_at
+
+
+@patch(
+    RUNNER_LAST_STEP,
+    why="RLinf's ReasoningRunner.run returns on the last step before logging its metrics (and never closes its TensorBoard writer): log it, then stop",
+    module=_RUNNER,
+    applies=_runner_drops_last_step,
+)
+def _runner_logs_last_step() -> None:
+    def install(rr) -> None:
+        if patched(rr.check_progress):
+            return
+        progress = make_check_progress(rr.check_progress)
+        rr.check_progress = progress
+        cls = rr.ReasoningRunner
+        cls._put_batch = make_put_batch(cls._put_batch, progress)
+        cls.run = make_run(cls.run, progress)
+
+    after_import(_RUNNER, install)
+
+
+LOGPROB_GAP = "rlinf.MegatronWorker:logprob-gap-metric"
+
+
+def logprob_gap(batch: dict, response_len: int) -> dict[str, float]:
+    """Mean and max |recomputed - rollout| log-prob over response tokens (this DP rank's batch)."""
+    import torch
+
+    if "rollout_logprobs" not in batch or "recomputed_logprobs" not in batch:
+        return {}
+    mask = batch["response_mask"][:, -response_len:].bool()
+    a = batch["rollout_logprobs"].float()[:, -response_len:]
+    b = batch["recomputed_logprobs"].float()[:, -response_len:]
+    diff = (a - b).abs().cpu()[mask.cpu()]
+    if diff.numel() == 0:
+        return {}
+    return {"logprob_gap_mean": float(diff.mean()), "logprob_gap_max": float(diff.max())}
+
+
+def make_rollout_metrics(original: Callable) -> Callable:
+    """Adds the rollout-vs-recompute log-prob gap to RLinf's per-step rollout metrics."""
+
+    def _compute_rollout_metrics(self, batch):
+        metrics = original(self, batch)
+        if metrics is None:
+            return metrics
+        try:
+            metrics.update(logprob_gap(batch, self.response_len))
+        except Exception as e:  # a metric must never break training
+            log.debug("logprob gap not computed: %s", e)
+        return metrics
+
+    return mark(_compute_rollout_metrics, original)
+
+
+@patch(
+    LOGPROB_GAP,
+    why="additive metric: the per-step gap between SGLang's rollout log-probs and the actor's recomputed ones (the weight-sync health check), which RLinf does not report",
+    module=_MWORKER,
+    applies=lambda: "logprob_gap" not in upstream_source(_MWORKER),
+)
+def _logprob_gap_metric() -> None:
+    def install(mw) -> None:
+        fn = mw.MegatronWorker._compute_rollout_metrics
+        if not patched(fn):
+            mw.MegatronWorker._compute_rollout_metrics = make_rollout_metrics(fn)
+
+    after_import(_MWORKER, install)
