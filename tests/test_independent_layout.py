@@ -11,8 +11,8 @@ which element landed where.
   rank file by rank file, bit for bit.
 * Megatron -> HF, checkpoint: ``ckpt_convertor.megatron_to_hf`` reading rank files that hold
   the independent shards (written here over the converter's own), bit for bit against the source.
-* Megatron -> HF, weight sync: the sync convertor RLinf calls (``ReshardConfig.convert_fn``,
-  packed buckets, and the plain ``convert_mega_pangu_to_hf``) fed what RLinf's TP gather hands it
+* Megatron -> HF, weight sync: the sync convertor (packed buckets as the actor sends them, RLinf's
+  ``ReshardConfig.convert_fn``, and the plain ``convert_mega_pangu_to_hf``) fed what RLinf's TP gather hands it
   (the actor ranks' independent shards concatenated along Megatron's split dim), actor TP 1/2 to
   rollout TP 1/2, bit for bit against the HF tensors cut the way SGLang cuts them.
 
@@ -148,7 +148,7 @@ def _sglang_cut(hf, rollout_tp: int, rank: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("actor_tp,rollout_tp", [(1, 1), (2, 1), (2, 2)])
 def test_sync_convertor_output_equals_the_independent_expectation(encoded, actor_tp, rollout_tp, tied):
     import sync_testlib as L
-    from resharding.convertor import convert_mega_pangu_to_hf
+    from resharding.convertor import PanguConvertor, convert_mega_pangu_to_hf
 
     s = _shape(tied)
     hf = I.encoded_checkpoint(s)
@@ -157,9 +157,10 @@ def test_sync_convertor_output_equals_the_independent_expectation(encoded, actor
     for rank in range(rollout_tp):
         state = _gathered(hf, s, actor_tp, rollout_tp, rank)
         want = _sglang_cut(hf, rollout_tp, rank)
-        packed = rc.convert_fn(dict(state))
+        packed = PanguConvertor(rc, strict=True, packed=True).convert(dict(state))  # what the actor sends SGLang's Pangu class
         assert L.is_one_packed_buffer(packed)
         bad += _mismatches(L.unpacked(packed), want, f"rollout rank {rank} (packed)")
+        bad += _mismatches(L.unpacked(rc.convert_fn(dict(state))), want, f"rollout rank {rank} (RLinf's convert_fn)")
         bad += _mismatches(convert_mega_pangu_to_hf(dict(state), rc), want, f"rollout rank {rank} (plain)")
     assert not bad, "\n".join(bad[:10])
 
