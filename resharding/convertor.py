@@ -14,10 +14,11 @@ converter or the SGLang loader. What Pangu adds over RLinf's Qwen2.5 rules: the 
 The rules decide names and transforms; :meth:`PanguConvertor.convert` then performs each
 transform as strided views (``rlinf_pangu.layout.unfuse_views``, the same split RLinf's
 ``TransformFunc`` makes, checked bit for bit against it), each copied once. RLinf's own functions
-copy every tensor two or three times. In RLinf's sync the copy goes into one buffer per bucket
-(:mod:`rlinf_pangu.packed_bucket`, which SGLang's Pangu class unpacks): the rollout then opens one
-CUDA IPC handle per bucket instead of one per tensor. :func:`convert_mega_pangu_to_hf` returns
-plain HF names, each tensor in its own storage (:mod:`resharding.materialize`).
+copy every tensor two or three times. By default the result is plain HF names, each tensor in its
+own storage (:mod:`resharding.materialize`), as RLinf's registry contract asks. When the actor's
+rollout is SGLang's Pangu class, the actor switches the convertor to packed: the copy goes into one
+buffer per bucket (:mod:`rlinf_pangu.packed_bucket`), so the rollout opens one CUDA IPC handle per
+bucket instead of one per tensor.
 """
 
 from __future__ import annotations
@@ -81,11 +82,14 @@ class PanguConvertor(BaseConvertor):
     (``tp_reshard_fn_pangu(copy=False)``). Without this convertor (``reshard_weights_format:
     mcore``, or a caller's own ``convert_fn``) RLinf picks the copying reshard as before.
 
-    ``packed`` (the default, what RLinf's registry builds): each bucket comes back as one buffer
-    under a manifest key (:mod:`rlinf_pangu.packed_bucket`); ``False``: HF names, a tensor each.
+    ``packed=False`` (the default, what RLinf's registry builds for any caller: RLinf's contract is
+    HF names out): a tensor per HF name. ``packed=True``: each bucket comes back as one buffer under
+    a manifest key (:mod:`rlinf_pangu.packed_bucket`), which only SGLang's Pangu class reads; the
+    Megatron actor asks for it when its rollout is that class (patch
+    ``rlinf.MegatronActor:rollout-sync-setup`` in ``rlinf_pangu.patches.rlinf``).
     """
 
-    def __init__(self, config, strict: bool = False, packed: bool = True):
+    def __init__(self, config, strict: bool = False, packed: bool = False):
         super().__init__(config, strict)
         self.packed = packed
         mc = config.model_config

@@ -148,7 +148,7 @@ def test_negative_dropped_o_proj_bias_fails_post_sync_check(engine, after_step, 
             return [r for r in super().build_rules() if "linear_proj\\.bias" not in r.pattern.pattern]
 
     _restore_initial(engine, tiny_fp32)
-    bad = NoOprojBias(L.reshard_config_rollout_tp1(tiny_fp32), strict=False).convert(after_step["megatron_layers"])
+    bad = NoOprojBias(L.reshard_config_rollout_tp1(tiny_fp32), strict=False, packed=True).convert(after_step["megatron_layers"])
     assert L.is_one_packed_buffer(bad) and not any(k.endswith("o_proj.bias") for k in L.unpacked(bad))
     _load(engine, after_step["buckets_without_layers"] + [bad])
     d = post_sync_max_dlogp(engine, after_step["seq"], after_step["logprobs"])

@@ -129,7 +129,9 @@ def test_converted_tensors_alias_no_input(registered, tiny_fp32):
     was given (RLinf's live parameters, when the no-copy reshard feeds it)."""
     hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
     state = _megatron_state(hf, cfg, 1)
-    out = L.unpacked(_reshard_config(tiny_fp32, 1).convert_fn(state))
+    from resharding.convertor import PanguConvertor
+
+    out = L.unpacked(PanguConvertor(_reshard_config(tiny_fp32, 1), strict=True, packed=True).convert(state))
     given = {t.untyped_storage().data_ptr() for t in state.values()}
     assert given.isdisjoint(t.untyped_storage().data_ptr() for t in out.values())
     assert all(t.is_contiguous() for t in out.values())
@@ -143,14 +145,27 @@ def test_converted_tensors_alias_no_input(registered, tiny_fp32):
     assert torch.equal(out["model.layers.0.self_attn.k_proj.weight"], before)
 
 
-def test_rlinf_sync_convertor_packs_a_bucket_and_the_public_function_gives_hf_names(registered, tiny_fp32):
-    """What RLinf's sync calls (the registry's convertor) sends one buffer per bucket; the
-    public convert_mega_pangu_to_hf gives plain HF names; both carry the same bits."""
-    from resharding.convertor import convert_mega_pangu_to_hf
+def test_rlinf_registry_convertor_gives_hf_names_to_any_caller(registered, tiny_fp32):
+    """RLinf's contract: ``get_mg2hf_convertor("pangu", cfg, strict=True).convert(state)`` takes
+    Megatron names and gives HF names, a tensor each, equal to the HF checkpoint bit for bit
+    (an export script, a vLLM rollout or a caller's own loop can read it)."""
+    from rlinf.utils.convertor.utils import get_mg2hf_convertor
+
+    hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
+    out = get_mg2hf_convertor("pangu", _reshard_config(tiny_fp32, 1), strict=True).convert(_megatron_state(hf, cfg, 1))
+    assert not L.is_one_packed_buffer(out)
+    assert sorted(out) == sorted(hf)
+    assert L.compare_exact(out, hf) == []
+
+
+def test_packed_convertor_carries_the_same_bits_as_hf_names(registered, tiny_fp32):
+    """Packing is asked for explicitly (the actor does, for SGLang's Pangu class): one buffer per
+    bucket, the same bits as the public convert_mega_pangu_to_hf's plain HF names."""
+    from resharding.convertor import PanguConvertor, convert_mega_pangu_to_hf
 
     hf, cfg = L.load_hf_state(tiny_fp32), L.hf_config(tiny_fp32)
     rc = _reshard_config(tiny_fp32, 1)
-    packed = rc.convert_fn(_megatron_state(hf, cfg, 1))
+    packed = PanguConvertor(rc, strict=True, packed=True).convert(_megatron_state(hf, cfg, 1))
     plain = convert_mega_pangu_to_hf(_megatron_state(hf, cfg, 1), rc)
     assert L.is_one_packed_buffer(packed)
     assert "model.layers.0.self_attn.o_proj.bias" in plain
