@@ -160,11 +160,12 @@ def layer_bytes(model) -> int:
     return sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("decoder.layers.0.") and "_extra_state" not in k)
 
 
-def run_sync(model, tc, rollout_tp: int, capacity: int, convert_fn=None) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
+def run_sync(model, tc, rollout_tp: int, capacity: int, convert_fn=None, packed: bool = True) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
     """RLinf's own sync on this rank: divide_model_to_bucket, then gather_and_reshard_model per bucket.
 
-    Returns the Megatron names of each bucket and what each bucket produced (HF names unless a
-    ``convert_fn`` replaces the convertor).
+    Returns the Megatron names of each bucket and what each bucket produced: one packed buffer
+    each (``packed``, what the actor sends to SGLang's Pangu class), HF names otherwise or when a
+    ``convert_fn`` replaces the convertor.
     """
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -175,6 +176,8 @@ def run_sync(model, tc, rollout_tp: int, capacity: int, convert_fn=None) -> tupl
         gloo_reshard_subgroups()
     kw = {} if convert_fn is None else {"convert_fn": convert_fn}
     cfg = ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, bucket_capacity=capacity, **kw)
+    if convert_fn is None:
+        cfg._convertor.packed = packed  # as the actor's rollout-sync setup decides it
     reshard = MegatronCoreWeightReshard(cfg)
     buckets = reshard.divide_model_to_bucket([model])
     dst_tp_rank = dist.get_rank() % rollout_tp  # as RLinf's MegatronActor computes it
