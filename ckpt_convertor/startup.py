@@ -69,7 +69,7 @@ def _actor_cfg(ckpt_cfg: Any) -> Any:
 
 
 #: RLinf/Pangu spec names -> Transformer Engine modules? (None: TE when it is installed, as
-#: RLinf's provider passes ``use_te=HAVE_TE`` and the ``pangu`` spec follows it).
+#: RLinf's provider passes ``use_te=HAVE_TE``; ``pangu`` also follows ``transformer_impl``).
 _SPEC_USES_TE: dict[str, bool | None] = {
     "pangu": None, "pangu_local": False, "pangu_te": True,
     "local_gpt": False, "te_gpt": True, "decoder_gpt": None, "": None,
@@ -90,7 +90,11 @@ def _norm_names(ckpt_cfg: Any, actor: Any) -> str:
         return "te" if te_flag else "local"
     spec = str(_get(actor, "spec_name", "pangu") or "")
     uses_te = _SPEC_USES_TE.get(spec, False)
-    if uses_te is None:
+    if spec == "pangu":  # the model's own rule: transformer_impl and what is installed
+        from rlinf_pangu.megatron.config import choose_spec
+
+        uses_te = choose_spec(spec, _get(_get(actor, "megatron"), "transformer_impl"), _te_installed()).te
+    elif uses_te is None:
         uses_te = _te_installed()
     return "te" if uses_te else "local"
 

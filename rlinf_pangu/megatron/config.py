@@ -18,6 +18,7 @@ layer spec (:mod:`rlinf_pangu.megatron.spec`), so ``add_bias_linear`` must stay 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,10 @@ __all__ = [
     "PanguMegatronConfigError",
     "RLINF_MODEL_ARCH",
     "PANGU_SPEC_NAMES",
+    "TRANSFORMER_IMPLS",
+    "DEFAULT_TRANSFORMER_IMPL",
+    "SpecChoice",
+    "choose_spec",
     "transformer_config_kwargs",
     "gpt_model_kwargs",
     "pangu_transformer_config",
@@ -40,9 +45,69 @@ __all__ = [
 #: ``model_type`` of PanguEmbeddedConfig (official config.json).
 PANGU_HF_MODEL_TYPE = "PanguEmbedded"
 
-#: RLinf spec names that build Pangu: "pangu" picks TE when installed (like RLinf's use_te),
-#: "pangu_local" forces megatron-core's own modules, "pangu_te" requires Transformer Engine.
+#: RLinf spec names that build Pangu: "pangu" follows ``transformer_impl`` and what is installed
+#: (:func:`choose_spec`), "pangu_local" forces megatron-core's own modules, "pangu_te" requires
+#: Transformer Engine.
 PANGU_SPEC_NAMES = ("pangu", "pangu_local", "pangu_te")
+
+#: ``actor.megatron.transformer_impl`` (RLinf's knob, passed on to Megatron's args) values Pangu
+#: trains with: Transformer Engine modules + packed sequences, or megatron-core's own modules +
+#: unpacked sequences (:func:`choose_spec`). RLinf's default is the first.
+TRANSFORMER_IMPLS = ("transformer_engine", "local")
+DEFAULT_TRANSFORMER_IMPL = "transformer_engine"
+
+
+@dataclass(frozen=True)
+class SpecChoice:
+    """The Megatron modules a run builds, and whether RLinf's forward packs sequences (THD)."""
+
+    te: bool
+    why: str
+
+    @property
+    def packed(self) -> bool:
+        return self.te  # only TE's attention runs packed_seq_params (spec.packs_sequences decides per model)
+
+    def describe(self) -> str:
+        spec = "Transformer Engine" if self.te else "local (megatron-core modules)"
+        packing = ("sequences packed (THD, RLinf's forward)" if self.packed
+                   else "sequences unpacked (RLinf's unpacked forward, patch rlinf.custom_forward:no-packing-without-TE)")
+        return f"Pangu Megatron spec: {spec}, {packing} -- {self.why}"
+
+
+#: spec name ``pangu``: (transformer_impl, TE installed) -> the choice. Other values of
+#: transformer_impl are refused by :func:`check_rlinf_model_cfg` before any worker starts.
+_PANGU_CHOICES: dict[tuple[str, bool], SpecChoice] = {
+    ("transformer_engine", True): SpecChoice(True, "transformer_impl=transformer_engine and Transformer Engine is installed"),
+    ("transformer_engine", False): SpecChoice(False, "transformer_impl=transformer_engine but transformer_engine is not installed"),
+    ("local", True): SpecChoice(False, "transformer_impl=local (Transformer Engine is installed, not used)"),
+    ("local", False): SpecChoice(False, "transformer_impl=local"),
+}
+
+
+def choose_spec(spec_name: str, transformer_impl: str | None, te_installed: bool) -> SpecChoice:
+    """What ``spec_name`` builds given RLinf's ``transformer_impl`` (None: RLinf's default) and
+    whether TE is installed. ``pangu_te`` without TE is an error naming both keys."""
+    if spec_name not in PANGU_SPEC_NAMES:
+        raise ValueError(f"{spec_name!r} is not a Pangu spec name ({list(PANGU_SPEC_NAMES)})")
+    if spec_name == "pangu_local":
+        return SpecChoice(False, "spec_name=pangu_local")
+    if spec_name == "pangu_te":
+        if not te_installed:
+            raise ImportError(
+                "the Transformer Engine spec of Pangu was requested (spec_name 'pangu_te') but "
+                "transformer_engine is not installed; use spec_name 'pangu' (it follows "
+                "actor.megatron.transformer_impl and what is installed) or 'pangu_local'"
+            )
+        return SpecChoice(True, "spec_name=pangu_te")
+    impl = transformer_impl or DEFAULT_TRANSFORMER_IMPL
+    try:
+        return _PANGU_CHOICES[(impl, bool(te_installed))]
+    except KeyError:
+        raise ValueError(
+            f"actor.megatron.transformer_impl={impl!r}: Pangu trains with one of {list(TRANSFORMER_IMPLS)}"
+        ) from None
+
 
 #: RLinf ``actor.model`` keys whose value is fixed by Pangu's architecture.
 RLINF_MODEL_ARCH: dict[str, Any] = {
@@ -201,6 +266,11 @@ def check_rlinf_model_cfg(actor_cfg: Any, hf_config: Any) -> None:
             f"spec_name={spec_name!r} (Pangu needs one of {list(PANGU_SPEC_NAMES)}: the other specs "
             "have no o_proj bias)"
         )
+    impl = _get(_get(actor_cfg, "megatron", {}) or {}, "transformer_impl", None) or DEFAULT_TRANSFORMER_IMPL
+    if impl not in TRANSFORMER_IMPLS:
+        problems.append(f"megatron.transformer_impl={impl!r} (Pangu trains with one of {list(TRANSFORMER_IMPLS)})")
+    elif spec_name == "pangu_te" and impl == "local":
+        problems.append("spec_name='pangu_te' with megatron.transformer_impl='local' (use spec_name 'pangu': it follows transformer_impl)")
     if _get(actor_cfg, "mcore_gpt", True) is False:
         problems.append("mcore_gpt=False (Pangu is built as megatron-core's GPTModel)")
     if problems:

@@ -9,6 +9,15 @@ exactly the replicated ``linear_proj.bias`` of :mod:`rlinf_pangu.layout`.
 Two variants: megatron-core's own modules (``local``; works everywhere, CPU included) and the
 Transformer Engine modules (``te``; only built when ``transformer_engine`` imports, and never
 touched otherwise: RLinf's own ``get_specs`` builds the TE spec eagerly and fails without TE).
+
+Which one a run gets (:func:`choose_spec`, a table): spec name ``pangu`` follows RLinf's own knob
+``actor.megatron.transformer_impl`` (``transformer_engine``, RLinf's default, or ``local``; RLinf
+hands it to Megatron's global args, where Megatron's own model builders read it too) and whether
+TE is installed; ``pangu_local`` / ``pangu_te`` force a variant. Sequence packing follows the
+spec: RLinf's forward packs every micro-batch into THD form, which only TE's attention runs, so a
+model with TE attention gets RLinf's packed forward unchanged and any other one RLinf's unpacked
+path (patch ``rlinf.custom_forward:no-packing-without-TE``, deciding per model with
+:func:`packs_sequences`). The choice is logged once per process, by rank 0, when the model is built.
 """
 
 from __future__ import annotations
@@ -17,17 +26,23 @@ import copy
 import functools
 import importlib.util
 import logging
+import sys
+import weakref
 from typing import Any
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.tensor_parallel.layers import RowParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from .config import PANGU_SPEC_NAMES
+from .config import SpecChoice, choose_spec
 
 __all__ = [
     "PanguRowParallelLinear",
+    "SpecChoice",
     "te_available",
+    "choose_spec",
+    "current_transformer_impl",
+    "packs_sequences",
     "pangu_layer_spec",
     "get_pangu_spec",
     "biased_linear_proj",
@@ -39,6 +54,51 @@ log = logging.getLogger(__name__)
 def te_available() -> bool:
     """True when Transformer Engine can be imported (found on the path)."""
     return importlib.util.find_spec("transformer_engine") is not None
+
+
+def current_transformer_impl() -> str | None:
+    """``transformer_impl`` from Megatron's global args, where RLinf puts ``actor.megatron.*``
+    (``set_megatron_args``) before it builds the model; None when no args are set (benchmarks,
+    tools building a model directly)."""
+    try:
+        from megatron.training.global_vars import get_args
+
+        return getattr(get_args(), "transformer_impl", None)
+    except (ImportError, AssertionError):
+        return None
+
+
+@functools.cache
+def _log_choice(choice: SpecChoice) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
+        log.info("%s", choice.describe())
+
+
+_PACKS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def packs_sequences(model: Any) -> bool:
+    """True when ``model`` (any wrapper) computes attention with Transformer Engine's
+    ``TEDotProductAttention``, the only attention that runs RLinf's packed (THD) forward.
+
+    Decided from the built model, not from settings, so the forward always matches the modules
+    the spec choice actually built. Cached per model (the forward runs every micro-batch)."""
+    try:
+        return _PACKS[model]
+    except (KeyError, TypeError):
+        pass
+    # megatron-core imports its TE extension module without TE too, with placeholders for the classes
+    te_ext = sys.modules.get("megatron.core.extensions.transformer_engine")
+    te_attention = getattr(te_ext, "TEDotProductAttention", None)
+    modules = getattr(model, "modules", None)
+    packed = isinstance(te_attention, type) and callable(modules) and any(isinstance(m, te_attention) for m in modules())
+    try:
+        _PACKS[model] = packed
+    except TypeError:
+        pass
+    return packed
 
 
 def biased_linear_proj(base: type) -> type:
@@ -80,11 +140,7 @@ def pangu_layer_spec(use_te: bool = False) -> ModuleSpec:
     """The transformer-layer spec of Pangu: RMSNorm, GQA attention with qkv bias (from
     ``config.add_qkv_bias``) and an o_proj bias, gated-SiLU MLP without bias."""
     if use_te:
-        if not te_available():
-            raise ImportError(
-                "the Transformer Engine spec of Pangu was requested (spec_name 'pangu_te') but "
-                "transformer_engine is not installed; use spec_name 'pangu' or 'pangu_local'"
-            )
+        choose_spec("pangu_te", None, te_available())  # raises, naming the keys, without TE
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return _with_biased_proj(get_gpt_layer_with_transformer_engine_spec(), _te_linear_proj())
@@ -92,13 +148,12 @@ def pangu_layer_spec(use_te: bool = False) -> ModuleSpec:
 
 
 def get_pangu_spec(spec_name: str, transformer_config: Any = None, use_te: bool = False) -> ModuleSpec:
-    """RLinf ``get_specs``-style lookup for the Pangu spec names.
+    """RLinf ``get_specs``-style lookup for the Pangu spec names (see :func:`choose_spec`).
 
-    ``pangu`` follows RLinf's ``use_te`` (True when TE imports); ``pangu_local`` and
-    ``pangu_te`` force a variant.
+    ``use_te`` is RLinf's ``HAVE_TE`` (TE's torch module imported); TE counts as installed only
+    when that holds. ``transformer_impl`` comes from Megatron's args (:func:`current_transformer_impl`).
     """
-    if spec_name not in PANGU_SPEC_NAMES:
-        raise ValueError(f"{spec_name!r} is not a Pangu spec name ({list(PANGU_SPEC_NAMES)})")
-    te = {"pangu": bool(use_te) and te_available(), "pangu_local": False, "pangu_te": True}[spec_name]
-    log.debug("Pangu layer spec %s: %s modules", spec_name, "Transformer Engine" if te else "megatron-core")
-    return pangu_layer_spec(use_te=te)
+    installed = te_available() and (bool(use_te) or spec_name == "pangu_te")
+    choice = choose_spec(spec_name, current_transformer_impl(), installed)
+    _log_choice(choice)
+    return pangu_layer_spec(use_te=choice.te)

@@ -11,6 +11,7 @@ SGLang's scheduler processes import RLinf first): :mod:`rlinf_pangu.startup.chil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.abc
 import importlib.util
@@ -189,12 +190,6 @@ def _complete_megatron_args() -> None:
 NO_PACKING_WITHOUT_TE = "rlinf.custom_forward:no-packing-without-TE"
 
 
-def te_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("transformer_engine") is not None
-
-
 class _CausalOnly:
     """Calls the model without RLinf's 2-D padding mask (megatron-core's own attention wants a 4-D
     one and builds the causal mask itself when given none). Exact here: RLinf's unpacked path
@@ -215,15 +210,21 @@ class _CausalOnly:
 
 
 def make_custom_forward(original: Callable) -> Callable:
-    """RLinf's ``custom_forward`` without sequence packing when Transformer Engine is absent.
+    """RLinf's ``custom_forward``, packed only for a model whose attention is Transformer Engine's.
 
     RLinf packs every micro-batch into THD form (``packed_seq_params``); only TE's attention runs
-    that, megatron-core's own ``DotProductAttention`` asserts. RLinf's own unpacked path (left
-    padding removed) computes the same log-probs; its 2-D padding mask is left to TE too, so the
-    model is called causal-only (:class:`_CausalOnly`).
+    that, megatron-core's own ``DotProductAttention`` asserts. A model built with TE attention
+    (``rlinf_pangu.megatron.spec.packs_sequences``) gets RLinf's packed forward unchanged; any
+    other one (TE absent, or ``actor.megatron.transformer_impl: local``) gets RLinf's own unpacked
+    path (left padding removed), which computes the same log-probs; its 2-D padding mask is left
+    to TE too, so the model is called causal-only (:class:`_CausalOnly`).
     """
 
     def custom_forward(model, *args, **kwargs):
+        from rlinf_pangu.megatron.spec import packs_sequences
+
+        if packs_sequences(model):
+            return original(model, *args, **kwargs)
         kwargs["pack_seqs"] = False
         return original(_CausalOnly(model), *args, **kwargs)
 
@@ -232,9 +233,11 @@ def make_custom_forward(original: Callable) -> Callable:
 
 @patch(
     NO_PACKING_WITHOUT_TE,
-    why="RLinf's Megatron forward always packs sequences (THD), which only Transformer Engine's attention runs; without TE, use RLinf's own unpacked path",
+    why="RLinf's Megatron forward always packs sequences (THD), which only Transformer Engine's attention runs; a model built without TE attention (TE absent, or transformer_impl: local) uses RLinf's own unpacked path, a TE model RLinf's packed forward unchanged",
     module=_MM,
-    applies=lambda: "pack_seqs=True" in upstream_source(_MM) and not te_installed(),
+    # installed wherever upstream packs: whether a model packs is known only once the YAML's
+    # transformer_impl has built it, and TE models pass straight through
+    applies=lambda: "pack_seqs=True" in upstream_source(_MM),
     startup=True,
 )
 def _no_packing_without_te() -> None:
@@ -345,16 +348,39 @@ def _choose_packing(actor) -> None:
     log.info("weight-sync buckets: %s (%s)", "one packed buffer each" if convertor.packed else "a tensor per HF name", why)
 
 
+def sync_path(actor) -> str:
+    """How this actor's buckets reach the rollout, as RLinf's ``sync_model_to_rollout`` chooses it:
+    it branches on the ``rollout_sync_mode`` the placement gave the actor. COLLOCATED turns every
+    tensor into a CUDA IPC handle (``reduce_tensor``); DISAGGREGATED sends the tensors themselves
+    with RLinf's collective ``send`` to each mapped rollout rank (NCCL for GPU tensors, gloo for
+    CPU ones). The CPU mode forces DISAGGREGATED even for a colocated placement (CPU tensors have
+    no IPC handle), so the placement mode is named too."""
+    sync_mode = getattr(getattr(actor, "rollout_sync_mode", None), "name", "?")
+    placement_mode = getattr(getattr(actor, "placement_mode", None), "name", "?")
+    if sync_mode == "COLLOCATED":
+        transport = "as CUDA IPC handles"
+    else:
+        device = "cpu"
+        with contextlib.suppress(Exception):
+            device = next(actor.model[0].parameters()).device.type
+        transport = f"over the collective ({'gloo' if device == 'cpu' else 'nccl'} send/recv)"
+    dst = getattr(actor, "_weight_dst_rank_in_rollout", None)
+    return (f"weight-sync path: placement {placement_mode}, rollout sync {sync_mode}: buckets go {transport} "
+            f"to rollout rank(s) (dp, tp) {dst}")
+
+
 def make_rollout_sync_setup(original: Callable) -> Callable:
     """After RLinf's ``MegatronActor.init_worker_customize`` built the rollout sync: give it the
     bucket capacity ``actor.sync_bucket_capacity`` (bytes; the key and unit RLinf's FSDP actor
-    already reads; absent: RLinf's 128 MiB), and let Pangu's convertor pack buckets only when the
-    rollout is the class that unpacks them (``rlinf_pangu.packed_bucket.rollout_reads_packed``)."""
+    already reads; absent: RLinf's 128 MiB), let Pangu's convertor pack buckets only when the
+    rollout is the class that unpacks them (``rlinf_pangu.packed_bucket.rollout_reads_packed``),
+    and log the path the buckets take (:func:`sync_path`)."""
 
     def init_worker_customize(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         _set_bucket_capacity(self)
         _choose_packing(self)
+        log.info(sync_path(self))
         return out
 
     return mark(init_worker_customize, original)
@@ -375,6 +401,43 @@ def _rollout_sync_setup() -> None:
             ma.MegatronActor.init_worker_customize = make_rollout_sync_setup(fn)
 
     after_import(_MACTOR, install)
+
+
+INFERENCE_RESHARD = "rlinf.ReshardConfig:pangu-megatron-target"
+
+
+def make_reshard_post_init(original: Callable) -> Callable:
+    """``ReshardConfig.__post_init__`` that gives a Pangu config with a Megatron target
+    (``reshard_weights_format="mcore"``) the TP reshard that keeps Megatron's vocabulary split
+    (``tp_reshard_fn_pangu(vocab="megatron")``); anything else is left to RLinf (and, for the
+    rollout's SGLang format, to Pangu's convertor, which picks its own)."""
+
+    def __post_init__(self, *args, **kwargs):
+        from rlinf_pangu import MODEL_TYPE
+
+        model_type = getattr(self.model_type, "value", self.model_type)
+        if self.tp_reshard_fn is None and self.reshard_weights_format == "mcore" and model_type == MODEL_TYPE:
+            from resharding.reshard import tp_reshard_fn_pangu
+
+            self.tp_reshard_fn = functools.partial(tp_reshard_fn_pangu, vocab="megatron")
+        return original(self, *args, **kwargs)
+
+    return mark(__post_init__, original)
+
+
+@patch(
+    INFERENCE_RESHARD,
+    why="RLinf picks a TP reshard function from the model type alone; Pangu's cuts the vocabulary to SGLang's padded rows at TP > 1, which is wrong for RLinf's actor -> inference sync of the disaggregated mode (a Megatron target, reshard_weights_format mcore): the inference group's embedding/output shards would not fit",
+    module=_RESHARD_CONFIG,
+    applies=lambda: "self.tp_reshard_fn = get_tp_reshard_fn(self.model_type)" in source_of(_RESHARD_CONFIG, "ReshardConfig.__post_init__"),
+)
+def _inference_reshard_keeps_megatron_vocab() -> None:
+    def install(rc) -> None:
+        cls = rc.ReshardConfig
+        if not patched(cls.__post_init__):
+            cls.__post_init__ = make_reshard_post_init(cls.__post_init__)
+
+    after_import(_RESHARD_CONFIG, install)
 
 
 # ======================================================================================
