@@ -22,7 +22,8 @@ _DONE: set[str] = set()
 
 
 def register_transformers() -> None:
-    """Make AutoConfig / AutoModel(ForCausalLM) / AutoTokenizer load Pangu without remote code."""
+    """Make AutoConfig / AutoModel(ForCausalLM) / AutoTokenizer load Pangu without remote code,
+    with any ``trust_remote_code`` value (an official download ships its own .py files)."""
     if "transformers" in _DONE:
         return
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -33,6 +34,12 @@ def register_transformers() -> None:
     AutoModel.register(PanguEmbeddedConfig, PanguEmbeddedModel, exist_ok=True)
     AutoModelForCausalLM.register(PanguEmbeddedConfig, PanguEmbeddedForCausalLM, exist_ok=True)
     AutoTokenizer.register(PanguEmbeddedConfig, slow_tokenizer_class=PanguTokenizer, exist_ok=True)
+    # ...and let the registered tokenizer win over a checkpoint's auto_map code, as the config and
+    # model classes already do, whatever trust_remote_code says (patches/transformers.py).
+    from .patches import apply_patch
+    from .patches.transformers import REGISTERED_TOKENIZER_WINS
+
+    apply_patch(REGISTERED_TOKENIZER_WINS)
     _DONE.add("transformers")
 
 
