@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
+from rlinf_pangu.hf.checkpoint import PanguCheckpointError, refuse_missing
 from rlinf_pangu.layout import ROTARY_INV_FREQ, PanguDims
 
 from .errors import ConversionError
@@ -211,10 +212,10 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
                 f"config.json says num_hidden_layers={want} but the weights hold layers "
                 f"{have_layers[0]}..{have_layers[-1]} ({len(have_layers)} layers) in {path}"
             )
-        missing = [n for n in expected if n not in weights]
-        if missing:
-            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise ConversionError(f"missing tensor {missing[0]!r}{more} in {path} (config.json expects it)")
+        try:  # the one refusal of partial checkpoints the project's loaders share
+            refuse_missing(expected, weights, path)
+        except PanguCheckpointError as e:
+            raise ConversionError(str(e)) from None
         unexpected = sorted(n for n in weights if n not in expected)
         if unexpected:
             more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""

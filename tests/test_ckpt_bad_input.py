@@ -41,6 +41,38 @@ def test_missing_tensor_is_named(tmp_path):
     _fails(hf, tmp_path / "mg", r"missing tensor 'model\.layers\.1\.self_attn\.o_proj\.bias'")
 
 
+def test_startup_conversion_refuses_a_checkpoint_with_a_tensor_missing(tmp_path):
+    """RLinf's start-up conversion (use_hf_ckpt) is where a partial checkpoint must stop: training
+    from it would start some weights at random values. transformers' from_pretrained only reports
+    missing keys (tests/test_hf_contract.py)."""
+    from ckpt_convertor.startup import convert_on_startup
+
+    hf = _with(tmp_path, lambda t: t.pop("model.layers.0.mlp.down_proj.weight"))
+    save = tmp_path / "mg"
+    with pytest.raises(ConversionError, match=r"missing tensor 'model\.layers\.0\.mlp\.down_proj\.weight'"):
+        convert_on_startup(str(hf), {"save_path": str(save), "tensor_model_parallel_size": 1})
+    assert not save.exists()
+
+
+def test_project_loader_refuses_a_checkpoint_with_a_tensor_missing(tmp_path):
+    from rlinf_pangu.hf.checkpoint import PanguCheckpointError, load_tensors
+
+    hf = _with(tmp_path, lambda t: t.pop("model.layers.1.input_layernorm.weight"))
+    with pytest.raises(PanguCheckpointError, match=r"missing tensor 'model\.layers\.1\.input_layernorm\.weight'"):
+        load_tensors(hf)
+
+
+def test_converter_and_project_loader_refuse_with_the_same_words(tmp_path):
+    """One refusal, in rlinf_pangu.hf.checkpoint, called by both."""
+    from rlinf_pangu.hf.checkpoint import PanguCheckpointError, load_tensors
+
+    hf = _with(tmp_path, lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(PanguCheckpointError) as loader:
+        load_tensors(hf)
+    converter = _fails(hf, tmp_path / "mg", "missing tensor")
+    assert str(converter) == str(loader.value)
+
+
 def test_unexpected_tensor_is_named(tmp_path):
     hf = _with(tmp_path, lambda t: t.update({"model.layers.0.mlp.gate_proj.bias": torch.zeros(128, dtype=torch.bfloat16)}))
     _fails(hf, tmp_path / "mg", r"unexpected tensor 'model\.layers\.0\.mlp\.gate_proj\.bias'")

@@ -1,17 +1,37 @@
 """HF-side openPangu-Embedded: config, model and tokenizer that load official checkpoints
-without running their remote code (which imports torch_npu and symbols gone from transformers)."""
+without running their remote code (which imports torch_npu and symbols gone from transformers).
 
-from .checkpoint import PanguCheckpointError, validate_hf_dir
-from .configuration import PanguConfigError, PanguEmbeddedConfig
-from .modeling import PanguEmbeddedForCausalLM, PanguEmbeddedModel
-from .tokenization import PanguTokenizer
+Attributes load lazily, so ``rlinf_pangu.hf.checkpoint`` (header checks, used by the converter)
+does not import transformers.
+"""
 
-__all__ = [
-    "PanguEmbeddedConfig",
-    "PanguConfigError",
-    "PanguCheckpointError",
-    "validate_hf_dir",
-    "PanguEmbeddedModel",
-    "PanguEmbeddedForCausalLM",
-    "PanguTokenizer",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "PanguEmbeddedConfig": "configuration",
+    "PanguConfigError": "configuration",
+    "PanguCheckpointError": "checkpoint",
+    "require_complete": "checkpoint",
+    "check_tensors": "checkpoint",
+    "PanguEmbeddedModel": "modeling",
+    "PanguEmbeddedForCausalLM": "modeling",
+    "PanguTokenizer": "tokenization",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
