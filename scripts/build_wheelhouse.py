@@ -1,14 +1,30 @@
 """Build an air-gapped wheelhouse for a Python 3.12 / x86-64 GPU host that has no package index.
 
 Such a host (a typical GPU cluster node, or this project's lent H100) already has torch 2.11 with
-CUDA, transformers and the scientific stack; it lacks RLinf, Megatron-core, SGLang and their
-runtime. This script downloads, for the GPU host's platform, every package pinned in
-``constraints.txt`` that the host lacks, plus SGLang's GPU kernels (``requirements/gpu.txt``),
-and optionally packs them into chunks of a given size (one transfer each).
+CUDA, transformers and the scientific stack; it lacks RLinf, Megatron-core, SGLang, Transformer
+Engine and their runtime. This script downloads, for the GPU host's platform, every package pinned
+in ``constraints.txt`` that the host lacks, SGLang's GPU kernels (``requirements/gpu.txt``) and
+Transformer Engine (``TE`` below; ``--no-te`` leaves it out), writes ``MANIFEST.json`` (size and
+sha256 of every file, what must be installed together, what must be built there) and optionally
+cuts everything into chunks of at most ``--chunk-mb`` MiB, one transfer each.
 
-    python scripts/build_wheelhouse.py --out .wheelhouse [--chunk-mb 60]
-    # on the GPU host, with the wheelhouse (or all its chunks) copied over:
-    bash scripts/install_wheelhouse.sh .wheelhouse /tmp/site && export PYTHONPATH=/tmp/site
+    python scripts/build_wheelhouse.py --out .wheelhouse --chunk-mb 58
+    # on the GPU host, after each chunk arrives (any order; the same TARGET every time):
+    bash scripts/install_wheelhouse.sh .wheelhouse/chunks/NN /tmp/rlp-site
+    # once the Transformer Engine sdist is there (it is in chunk 00), build its torch binding:
+    bash scripts/build_te_torch.sh /tmp/rlp-site/.wheelhouse/spool
+    export PYTHONPATH=/tmp/rlp-site
+
+Chunks are byte ranges of one stream of files, so no transfer is wasted: a file that does not fit
+in a chunk's remaining room continues in the next one as ``NAME.partNN``. scripts/wheelhouse_install.py
+(behind install_wheelhouse.sh) reassembles and sha256-checks each file once all its parts are there.
+
+Transformer Engine 2.20.2 comes as three distributions that all write ``transformer_engine/``:
+the py3 meta wheel, the CUDA 13 core wheel (276 MB) and the PyTorch binding, which is published
+only as an sdist and must be compiled against the GPU host's own torch and CUDA
+(scripts/build_te_torch.sh, ~2 min on 16 cores). The manifest names them as one install group.
+``--te-torch-wheel`` adds an already built binding as a fallback the installer uses only when told
+to (``--use-fallback``), e.g. when the build fails; nothing depends on it.
 
 Some wheels carry large files that a Hopper host running this project never loads; ``SLIM`` lists
 them and the wheel is repacked without them (``--no-slim`` keeps everything).
@@ -17,13 +33,18 @@ them and the wheel is repacked without them (``--no-slim`` keeps everything).
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import html.parser
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -63,6 +84,23 @@ SLIM: dict[str, str] = {
     "ray": r"^ray/(jars/ray_dist\.jar|dashboard/client/build/static/js/[^/]*\.js\.map)$",
 }
 
+#: Transformer Engine (versions: constraints.txt): distribution -> how it travels. All three write
+#: ``transformer_engine/``, so they are one install group (one pip call; see wheelhouse_install.py).
+TE: dict[str, str] = {
+    "transformer-engine": "wheel",  # py3 meta wheel: the Python tree
+    "transformer-engine-cu13": "wheel",  # libtransformer_engine.so for CUDA 13 (276 MB: travels in parts)
+    "transformer-engine-torch": "sdist",  # the PyTorch binding: sdist only, built there (build_te_torch.sh)
+}
+TE_GROUP = "transformer_engine"
+#: TE's Requires-Dist that the GPU host lacks and TE imports (pydantic & co. come with SGLang's set).
+TE_DEPS = ("nvdlfw-inspect",)
+#: TE's Requires-Dist not carried on purpose; TE 2.20.2 imports and trains without them.
+TE_LEFT_OUT = {
+    "importlib-metadata": "TE falls back to the standard library's importlib.metadata",
+    "nvidia-cudnn-frontend": "its Python module is imported only by sm100 grouped-MLP / MLA paths",
+    "flash-attn": "TE then runs cuDNN's fused attention, which is faster on Hopper anyway",
+}
+
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (39, 35, 34, 31, 28, 27, 24, 17)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
 
 
@@ -82,9 +120,13 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def wanted() -> dict[str, str]:
-    """Pinned packages the GPU host lacks, plus the GPU-only extras."""
+    """Pinned packages the GPU host lacks, plus the GPU-only extras (Transformer Engine apart: :func:`te_wanted`)."""
     allpins = pins(ROOT / "constraints.txt")
-    need = {n: v for n, v in allpins.items() if n not in GPU_HOST_HAS and not n.startswith(("nvidia-", "cuda-"))}
+    skip = set(TE) | set(TE_DEPS)
+    need = {
+        n: v for n, v in allpins.items()
+        if n not in GPU_HOST_HAS and n not in skip and not n.startswith(("nvidia-", "cuda-"))
+    }
     for line in (ROOT / "requirements" / "gpu.txt").read_text().splitlines():
         name = norm(line.split("#", 1)[0].strip()) if line.split("#", 1)[0].strip() else ""
         if name:
@@ -115,6 +157,75 @@ def download(name: str, version: str, dest: Path) -> Path:
     return new.pop()
 
 
+def te_wanted() -> dict[str, str]:
+    """Transformer Engine's distributions and carried dependencies, name -> pinned version."""
+    allpins = pins(ROOT / "constraints.txt")
+    missing = [n for n in (*TE, *TE_DEPS) if n not in allpins]
+    if missing:
+        raise SystemExit(f"constraints.txt pins no version of {missing}")
+    return {n: allpins[n] for n in (*TE, *TE_DEPS)}
+
+
+class _Links(html.parser.HTMLParser):
+    """The file links of a PEP 503 simple-index page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def index_url() -> str:
+    """pip's index (``PIP_INDEX_URL`` or pip's config), else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        r = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                           capture_output=True, text=True)
+        url = r.stdout.strip() if r.returncode == 0 else ""
+    return (url or "https://pypi.org/simple").rstrip("/")
+
+
+def download_sdist(name: str, version: str, dest: Path) -> Path:
+    """The sdist ``name==version`` from the simple index, checked against the index's sha256.
+
+    Why not ``pip download --no-binary``: pip then runs the sdist's metadata step, which for TE
+    needs torch in an isolated build environment; the GPU host needs only the file itself.
+    """
+    fname = f"{norm(name).replace('-', '_')}-{version}.tar.gz"
+    out = dest / fname
+    page_url = f"{index_url()}/{norm(name)}/"
+    with urllib.request.urlopen(page_url, timeout=60) as r:
+        links = _Links()
+        links.feed(r.read().decode())
+    hits = [h for h in links.hrefs if urllib.parse.urlparse(h).path.rsplit("/", 1)[-1] == fname]
+    if not hits:
+        raise SystemExit(f"{page_url} lists no {fname}")
+    url = urllib.parse.urljoin(page_url, hits[0])
+    want = urllib.parse.urlparse(url).fragment.partition("sha256=")[2]
+    if not want:
+        raise SystemExit(f"{page_url} gives no sha256 for {fname}")
+    if not out.exists() or sha256(out) != want:
+        tmp = out.with_name(out.name + ".tmp")
+        with urllib.request.urlopen(url.split("#")[0], timeout=600) as r, tmp.open("wb") as f:
+            shutil.copyfileobj(r, f)
+        if sha256(tmp) != want:
+            tmp.unlink()
+            raise SystemExit(f"{fname}: sha256 differs from the index's {want}")
+        tmp.replace(out)
+    return out
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> Path:
     """Repack ``wheel`` without members matching ``drop``, with a RECORD that matches the content."""
     with zipfile.ZipFile(wheel) as src:
@@ -130,8 +241,6 @@ def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> Path:
             data = src.read(info)
             dst.writestr(info, data)
             digest = hashlib.sha256(data).digest()
-            import base64
-
             kept_records.append(f"{info.filename},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},{len(data)}")
         kept_records.append(f"{record_name},,")
         dst.writestr(record_name, "\n".join(kept_records) + "\n")
@@ -139,56 +248,125 @@ def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> Path:
     return wheel
 
 
-def chunk(files: list[Path], out: Path, chunk_bytes: int) -> list[Path]:
-    """Pack files into tar chunks of at most ``chunk_bytes``; a larger single file is split in parts."""
-    import tarfile
+def project_of(filename: str) -> str:
+    """Normalized project name of a wheel or sdist file name."""
+    return norm(re.split(r"-\d", filename, maxsplit=1)[0])
 
-    chunks: list[Path] = []
+
+def manifest(files: list[Path], te: bool, fallback: list[Path]) -> dict:
+    """What the installer needs to know: every file's size and sha256, install groups, builds."""
+    return {
+        "format": 2,
+        "files": {f.name: {"size": f.stat().st_size, "sha256": sha256(f)} for f in [*files, *fallback]},
+        # projects whose wheels go into one pip call (they share the package folder named)
+        "together": {TE_GROUP: list(TE)} if te else {},
+        # sdists the GPU host builds into wheels (the group waits for the built wheel)
+        "build": {f.name: "scripts/build_te_torch.sh" for f in files if f.name.endswith(".tar.gz")},
+        # wheels installed only when asked (wheelhouse_install.py --use-fallback PROJECT)
+        "fallback": {project_of(f.name): f.name for f in fallback},
+        "left_out": TE_LEFT_OUT if te else {},
+        "parts": {},
+        "chunks": [],
+    }
+
+
+def plan_chunks(files: list[Path], chunk_bytes: int) -> list[list[tuple[Path, int, int]]]:
+    """Cut the files, in this order, into chunks of at most ``chunk_bytes``: (file, offset, length).
+
+    The files form one byte stream cut at chunk boundaries, so the chunk count is the least
+    possible, ``ceil(total / chunk_bytes)``; the chunks are evened out to ``ceil(total / n)``
+    bytes each (smaller transfers, same count). A file crossing a boundary travels in parts.
+    """
+    total = sum(f.stat().st_size for f in files)
+    n = max(1, -(-total // chunk_bytes))
+    size = -(-total // n)
+    chunks: list[list[tuple[Path, int, int]]] = [[]]
+    room = size
+    for f in files:
+        off, left = 0, f.stat().st_size
+        while left:
+            if room == 0:
+                chunks.append([])
+                room = size
+            take = min(left, room)
+            chunks[-1].append((f, off, take))
+            off, left, room = off + take, left - take, room - take
+    return chunks
+
+
+def write_chunks(out: Path, files: list[Path], chunk_bytes: int, man: dict) -> list[Path]:
+    """``out/chunks/NN/`` folders, one transfer each: whole files hard-linked, parts written, and
+    the full manifest in each (any chunk, in any order, tells the installer what is still due)."""
     staging = out / "chunks"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    bins: list[list[Path]] = []
-    room: list[int] = []
-    for f in sorted(files, key=lambda p: -p.stat().st_size):
-        n = f.stat().st_size
-        if n > chunk_bytes:  # split: parts are reassembled by install_wheelhouse.sh
-            with f.open("rb") as fh:
-                i = 0
-                while part := fh.read(chunk_bytes):
-                    p = staging / f"{f.name}.part{i:02d}"
-                    p.write_bytes(part)
-                    chunks.append(p)
-                    i += 1
-            continue
-        for b, r in enumerate(room):  # first fit, largest first
-            if n <= r:
-                bins[b].append(f)
-                room[b] -= n
-                break
-        else:
-            bins.append([f])
-            room.append(chunk_bytes - n)
-    for group in bins:
-        p = staging / f"wheels-{len(chunks):02d}.tar"
-        with tarfile.open(p, "w") as tf:
-            for f in group:
-                tf.add(f, arcname=f.name)
-        chunks.append(p)
-    return chunks
+    parts: dict[str, list[str]] = {}
+    dirs = []
+    for i, pieces in enumerate(plan_chunks(files, chunk_bytes)):
+        d = staging / f"{i:02d}"
+        d.mkdir(parents=True)
+        names = []
+        for f, off, length in pieces:
+            if length == f.stat().st_size:
+                _link_or_copy(f, d / f.name)
+                names.append(f.name)
+                continue
+            part = f"{f.name}.part{len(parts.setdefault(f.name, [])):02d}"
+            parts[f.name].append(part)
+            with f.open("rb") as src, (d / part).open("wb") as dst:
+                src.seek(off)
+                dst.write(src.read(length))
+            names.append(part)
+        man["chunks"].append(names)
+        dirs.append(d)
+    man["parts"] = parts
+    for d in dirs:
+        (d / "MANIFEST.json").write_text(json.dumps(man, indent=1))
+    return dirs
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def stream_order(generic: list[Path], te_files: list[Path], fallback: list[Path]) -> list[Path]:
+    """The order files travel in: what the GPU host starts on first (the sdist to build, the small
+    TE pieces), then the stack (installed as it arrives), the big TE core wheel, the fallback last."""
+    sdists = [f for f in te_files if f.name.endswith(".tar.gz")]
+    big = [f for f in te_files if f not in sdists and f.stat().st_size > 64 * 2**20]
+    small = [f for f in te_files if f not in sdists and f not in big]
+    return [*sdists, *small, *sorted(generic, key=lambda f: f.name), *big, *fallback]
+
+
+def check_te_torch_wheel(path: Path, version: str) -> Path:
+    """A prebuilt binding serves only this TE version on the GPU host's CPython 3.12."""
+    if not re.fullmatch(rf"transformer_engine_torch-{re.escape(version)}-cp312-cp312-linux_x86_64\.whl", path.name):
+        raise SystemExit(f"{path.name}: not a transformer_engine_torch {version} wheel for cp312 linux_x86_64")
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / ".wheelhouse")
-    ap.add_argument("--chunk-mb", type=float, default=0, help="also pack into chunks of this size (0: no chunks)")
+    ap.add_argument("--chunk-mb", type=float, default=0, help="also cut into chunks of at most this many MiB (0: no chunks)")
     ap.add_argument("--no-slim", action="store_true", help="keep every wheel as published")
+    ap.add_argument("--no-te", action="store_true", help="leave Transformer Engine out")
+    ap.add_argument("--te-torch-wheel", type=Path, default=None,
+                    help="a transformer_engine_torch wheel already built for the GPU host, carried as a fallback only")
     ap.add_argument("--list", action="store_true", help="print what would be carried and exit")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     need = wanted()
+    te = {} if a.no_te else te_wanted()
     if a.list:
-        for n, v in need.items():
-            print(f"{n}=={v}")
+        for n, v in {**need, **te}.items():
+            print(f"{n}=={v}" + ("  (sdist: built on the GPU host)" if TE.get(n) == "sdist" else ""))
         return
     a.out.mkdir(parents=True, exist_ok=True)
     wheels = []
@@ -198,11 +376,25 @@ def main(argv: list[str] | None = None) -> None:
             w = slim_wheel(w, re.compile(SLIM[name]))
         wheels.append(w)
         log.info("%-32s %8.1f MB", w.name[:32], w.stat().st_size / 1e6)
-    total = sum(w.stat().st_size for w in wheels)
-    log.info("%d wheels, %.1f MB in %s", len(wheels), total / 1e6, a.out)
+    te_files = []
+    for name, ver in te.items():
+        f = download_sdist(name, ver, a.out) if TE.get(name) == "sdist" else download(name, ver, a.out)
+        te_files.append(f)
+        log.info("%-32s %8.1f MB", f.name[:32], f.stat().st_size / 1e6)
+    fallback = []
+    if a.te_torch_wheel and te:
+        fallback.append(check_te_torch_wheel(a.te_torch_wheel, te["transformer-engine-torch"]))
+        _link_or_copy(a.te_torch_wheel, a.out / a.te_torch_wheel.name)
+        fallback = [a.out / a.te_torch_wheel.name]
+    files = stream_order(wheels, te_files, fallback)
+    log.info("%d files, %.1f MB in %s", len(files), sum(f.stat().st_size for f in files) / 1e6, a.out)
+    man = manifest([f for f in files if f not in fallback], bool(te), fallback)
+    (a.out / "MANIFEST.json").write_text(json.dumps(man, indent=1))  # the folder itself is a source too
     if a.chunk_mb:
-        for c in chunk(wheels, a.out, int(a.chunk_mb * 1024**2)):
-            log.info("chunk %s %.1f MB", c.name, c.stat().st_size / 1e6)
+        for d in write_chunks(a.out, files, int(a.chunk_mb * 2**20), man):
+            size = sum(p.stat().st_size for p in d.iterdir())
+            log.info("chunk %s: %.1f MiB: %s", d.name, size / 2**20,
+                     ", ".join(p.name for p in sorted(d.iterdir()) if p.name != "MANIFEST.json"))
 
 
 if __name__ == "__main__":

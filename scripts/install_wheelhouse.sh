@@ -1,29 +1,17 @@
 #!/usr/bin/env bash
-# Install a wheelhouse made by scripts/build_wheelhouse.py on a host with no package index.
-#   bash scripts/install_wheelhouse.sh WHEELHOUSE_DIR [TARGET]
-# WHEELHOUSE_DIR holds wheels and/or the chunks (wheels-NN.tar, NAME.whl.partNN) of one or more
-# transfers. Without TARGET, installs into the current environment; with TARGET, into that folder
-# (then: export PYTHONPATH=TARGET). Safe to re-run as more chunks arrive: it installs what is there.
+# Install a wheelhouse made by scripts/build_wheelhouse.py on a host with no package index, into ONE
+# target folder, chunk by chunk:
+#   bash scripts/install_wheelhouse.sh SRC [SRC ...] TARGET      then: export PYTHONPATH=TARGET
+# SRC: the wheelhouse folder, or any of its chunks (.wheelhouse/chunks/NN) as they arrive, in any
+# order. Run it after every transfer with the same TARGET: what arrived is spooled in
+# TARGET/.wheelhouse, split files are joined and sha256-checked, and whatever is complete is
+# installed without removing anything an earlier run installed (bin/ scripts, shared package
+# folders); Transformer Engine's three wheels go in together once its torch binding is built
+# (scripts/build_te_torch.sh). The logic is scripts/wheelhouse_install.py (standard library only).
 set -euo pipefail
-src=${1:?usage: install_wheelhouse.sh WHEELHOUSE_DIR [TARGET]}
-target=${2:-}
-py=${PYTHON:-python3}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-shopt -s nullglob
-cp "$src"/*.whl "$work"/ 2>/dev/null || true
-for t in "$src"/*.tar "$src"/chunks/*.tar; do tar -xf "$t" -C "$work"; done
-# Reassemble split wheels (NAME.whl.part00, part01, ...) once every part is present.
-for first in "$src"/*.whl.part00 "$src"/chunks/*.whl.part00; do
-  base=${first%.part00}; name=$(basename "$base")
-  cat "$base".part* > "$work/$name"
-  "$py" - "$work/$name" <<'PY' || { echo "[wheelhouse] $name: parts incomplete, skipped"; rm -f "$work/$name"; }
-import sys, zipfile
-zipfile.ZipFile(sys.argv[1]).testzip()
-PY
-done
-args=(-m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check)
-[ -n "$target" ] && args+=(--upgrade --target "$target")
-n=$(ls "$work"/*.whl 2>/dev/null | wc -l)
-echo "[wheelhouse] installing $n wheels${target:+ into $target}"
-"$py" "${args[@]}" "$work"/*.whl
+if [ $# -lt 2 ]; then
+  echo "usage: install_wheelhouse.sh SRC [SRC ...] TARGET   (TARGET: the one folder to install into; then export PYTHONPATH=TARGET)" >&2
+  exit 2
+fi
+target=${!#}
+exec "${PYTHON:-python3}" "$(dirname "$0")/wheelhouse_install.py" "${@:1:$#-1}" --target "$target"
