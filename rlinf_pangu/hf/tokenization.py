@@ -41,6 +41,24 @@ class PanguTokenizer(SentencePieceBackend):
             **kwargs,
         )
 
+    @property
+    def special_ids_to_skip(self) -> set[int]:
+        """The ids ``skip_special_tokens=True`` drops: every added token flagged ``"special": true``
+        (the release's tokenizer_config.json flags ``<unk> <s> </s>`` and ``[unused0]..[unused33]``,
+        the chat and thinking markers included), plus the named special tokens (bos, eos, unk, pad).
+
+        transformers' slow tokenizers skip only the named ones (``all_special_ids``), which kept
+        ``</s>`` and ``[unused9]`` in decoded text while dropping ``<s>`` and ``[unused10]``.
+        """
+        flagged = {i for i, tok in self.added_tokens_decoder.items() if tok.special}
+        return flagged | set(self.all_special_ids)
+
+    def convert_ids_to_tokens(self, ids: int | list[int], skip_special_tokens: bool = False) -> str | list[str]:
+        if skip_special_tokens and not isinstance(ids, int):
+            skip = self.special_ids_to_skip
+            ids = [i for i in ids if int(i) not in skip]
+        return super().convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+
     def _wrap(self, ids: list[int]) -> list[int]:
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []

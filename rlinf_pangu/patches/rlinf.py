@@ -854,3 +854,46 @@ def _logprob_gap_metric() -> None:
             mw.MegatronWorker._compute_rollout_metrics = make_rollout_metrics(fn)
 
     after_import(_MWORKER, install)
+
+
+REWARD_TEXT = "rlinf.RewardWorker:reward-reads-chat-markers"
+_REWARD_WORKER = "rlinf.workers.reward.reward_worker"
+
+
+def make_reward_text(original: Callable) -> Callable:
+    """``RewardWorker._compute_rule_based_rewards`` that, when the tokenizer is Pangu's and the
+    rollout brought no text (SGLang's), hands the reward the completion decoded *without*
+    skipping special tokens: ``[unused16] thinking [unused17] answer [unused10]``, the text the
+    official recipe splits. RLinf decodes with ``skip_special_tokens=True``, which drops every token
+    tokenizer_config.json flags special, the thinking markers included: the reward could then not
+    tell the answer from the thinking (``pangu_math`` would grade the thinking as a fast-mode
+    answer). The text is set for the reward's call only; RLinf's later decoding is unchanged."""
+
+    def _compute_rule_based_rewards(self, rollout_result):
+        from rlinf_pangu.hf.tokenization import PanguTokenizer
+
+        tok = getattr(self, "tokenizer", None)
+        if rollout_result.response_texts is not None or not isinstance(tok, PanguTokenizer):
+            return original(self, rollout_result)
+        rollout_result.response_texts = tok.batch_decode(rollout_result.response_ids, skip_special_tokens=False)
+        try:
+            return original(self, rollout_result)
+        finally:
+            rollout_result.response_texts = None
+
+    return mark(_compute_rule_based_rewards, original)
+
+
+@patch(
+    REWARD_TEXT,
+    why="RLinf's reward worker decodes SGLang rollouts with skip_special_tokens=True, which drops Pangu's thinking markers ([unused16]/[unused17] are flagged special), so a reward could not tell the answer from the thinking",
+    module=_REWARD_WORKER,
+    applies=lambda: "rollout_result.response_ids, skip_special_tokens=True" in upstream_source(_REWARD_WORKER),
+)
+def _reward_reads_chat_markers() -> None:
+    def install(rw) -> None:
+        fn = rw.RewardWorker._compute_rule_based_rewards
+        if not patched(fn):
+            rw.RewardWorker._compute_rule_based_rewards = make_reward_text(fn)
+
+    after_import(_REWARD_WORKER, install)
