@@ -1,36 +1,55 @@
-"""Training-step throughput of Pangu on megatron-core vs the same GPTModel without the o_proj bias.
+"""Training-step throughput of Pangu on megatron-core: the o_proj bias's cost, and TE vs local.
 
-What it answers: does the o_proj bias (a row-parallel linear with its bias forced on, added by
-the layer's bias-dropout-add) cost training throughput? Both models are megatron-core GPTModels
-built from the same ``TransformerConfig`` (``rlinf_pangu.megatron.config``), the same local
-spec except ``linear_proj`` (``rlinf_pangu.megatron.spec``), trained with the same AdamW on the
-same random batches; rounds alternate between the two so clock/thermal drift hits both, and the
-ratio is of medians from one run. Goal: ratio >= 0.97.
+1. Does the o_proj bias (a row-parallel linear with its bias forced on, added by the layer's
+   bias-dropout-add) cost training throughput? Pangu and the same GPTModel without that bias are
+   built from the same ``TransformerConfig`` (``rlinf_pangu.megatron.config``) and the same spec
+   except ``linear_proj`` (``rlinf_pangu.megatron.spec``), megatron-core's local modules or
+   Transformer Engine's (``--transformer-impl``, RLinf's knob), trained with the same AdamW on the
+   same random batches; rounds alternate between the two so clock/thermal drift hits both, and the
+   ratio is of medians from one run. Goal: ratio >= 0.97.
+2. ``--compare-impl 4096,16384``: Pangu's tokens/s with TE vs the local spec at those token counts,
+   in the same run (one model on the GPU at a time: four 1B models and 16k-token activations do not
+   fit together; each variant: warm-up, then medians of rounds). Variants (``--variants``):
+   ``te`` and ``local`` (one sequence of N tokens: the kernels compared like for like), ``te-thd``
+   (GRPO-like mixed lengths totalling N, packed by RLinf's own ``preprocess_packed_seqs`` into THD:
+   what RLinf runs with TE) and ``local-padded`` (the same sequences right-padded to the longest:
+   what RLinf's unpacked path computes without TE). An out-of-memory variant is recorded as such.
 
-GPU (one H100, torch 2.11, megatron-core 0.19.2, no Transformer Engine, so megatron-core's own
-modules; masked-softmax and RoPE fusions are off because they need TE/apex kernels)::
+Every JSON names ``transformer_impl`` and the packing of each measurement, the device, the commit
+(``$RLINF_PANGU_COMMIT`` where there is no git checkout) and the TE version.
 
-    python benchmarks/megatron_step.py --preset 1b --device cuda --dtype bf16 \\
+GPU, the bias cost with megatron-core's modules (masked-softmax/RoPE fusions off: no TE/apex
+kernels), as in docs/runs/gpu-h100-2026-11-27::
+
+    python benchmarks/megatron_step.py --preset 1b --device cuda --dtype bf16 --transformer-impl local \\
         --seq 2048 --micro-batch 2 --warmup 3 --rounds 5 --steps 5 --out runs/megatron_step_1b.json
 
-CPU smoke run (checks the script, not a measurement)::
+GPU with Transformer Engine, both questions in one run (issue 22; scripts/gpu_te_session.sh)::
 
-    python benchmarks/megatron_step.py --preset tiny --device cpu --dtype fp32 --layers 2 \\
-        --seq 32 --micro-batch 1 --warmup 1 --rounds 2 --steps 1
+    python benchmarks/megatron_step.py --preset 1b --device cuda --dtype bf16 --transformer-impl transformer_engine \\
+        --seq 2048 --micro-batch 2 --warmup 3 --rounds 7 --steps 5 --compare-impl 4096,16384 --out $OUT/te_step.json
+
+CPU smoke run (checks the script, not a measurement; TE variants are skipped without TE)::
+
+    python benchmarks/megatron_step.py --preset tiny --device cpu --dtype fp32 --layers 2 --transformer-impl local \\
+        --seq 32 --micro-batch 1 --warmup 1 --rounds 2 --steps 1 --compare-impl 64,96 --variants local,local-padded
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import logging
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,6 +57,14 @@ log = logging.getLogger("megatron_step")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GOAL = 0.97
+REPO = Path(__file__).resolve().parents[1]
+#: --compare-impl variants: name -> (transformer_impl, packing)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "te": ("transformer_engine", "none: one sequence of N tokens (bshd)"),
+    "te-thd": ("transformer_engine", "THD: mixed lengths totalling N, packed by RLinf's preprocess_packed_seqs"),
+    "local": ("local", "none: one sequence of N tokens (bshd)"),
+    "local-padded": ("local", "padded: the te-thd sequences right-padded to the longest (RLinf's unpacked path)"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--tc", action="append", default=[], metavar="FIELD=VALUE",
                    help="TransformerConfig override for both models, e.g. --tc bias_dropout_fusion=true")
+    p.add_argument("--transformer-impl", choices=["auto", "transformer_engine", "local"], default="auto",
+                   help="modules of the bias-cost comparison (RLinf's actor.megatron.transformer_impl); "
+                        "auto: transformer_engine where TE is installed")
+    p.add_argument("--compare-impl", default="", metavar="N,N",
+                   help="also measure Pangu's tokens/s per variant at these token counts (e.g. 4096,16384)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"variants of --compare-impl ({', '.join(VARIANTS)})")
+    p.add_argument("--skip-bias-cost", action="store_true", help="only the --compare-impl part")
     return p.parse_args(argv)
 
 
@@ -108,25 +142,53 @@ def init_single_rank(device: str) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
 
 
-def build_models(hf_cfg: dict[str, Any], dtype: torch.dtype, device: str, tc_overrides: dict[str, Any] | None = None):
-    """(pangu, baseline): the same GPTModel config; only the o_proj bias differs."""
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+def te_installed() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
 
-    from rlinf_pangu.megatron.config import gpt_model_kwargs, pangu_transformer_config
+
+def resolve_impl(impl: str) -> str:
+    """``auto`` -> what RLinf's default gives on this host (TE where installed)."""
+    if impl == "auto":
+        return "transformer_engine" if te_installed() else "local"
+    if impl == "transformer_engine" and not te_installed():
+        raise SystemExit("--transformer-impl transformer_engine: transformer_engine is not installed here")
+    return impl
+
+
+def layer_spec(kind: str, impl: str):
+    """``kind`` pangu (o_proj bias) or baseline (no o_proj bias), with ``impl``'s modules."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
     from rlinf_pangu.megatron.spec import pangu_layer_spec
 
+    te = impl == "transformer_engine"
+    if kind == "pangu":
+        return pangu_layer_spec(use_te=te)
+    return get_gpt_layer_with_transformer_engine_spec() if te else get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_model(hf_cfg: dict[str, Any], dtype: torch.dtype, device: str, spec, tc_overrides: dict[str, Any] | None = None):
+    from megatron.core.models.gpt import GPTModel
+
+    from rlinf_pangu.megatron.config import gpt_model_kwargs, pangu_transformer_config
+
     tc = pangu_transformer_config(hf_cfg, dtype=dtype, use_cpu_initialization=(device == "cpu"), **(tc_overrides or {}))
-    specs = {
-        "pangu (o_proj bias)": pangu_layer_spec(use_te=False),
-        "baseline (no o_proj bias)": get_gpt_layer_local_spec(normalization="RMSNorm"),
+    torch.manual_seed(0)
+    m = GPTModel(config=tc, transformer_layer_spec=spec, pre_process=True, post_process=True,
+                 parallel_output=True, **gpt_model_kwargs(hf_cfg))
+    return m.to(device).train()  # params are already params_dtype (no cast: it would hit RoPE buffers)
+
+
+def build_models(hf_cfg: dict[str, Any], dtype: torch.dtype, device: str, tc_overrides: dict[str, Any] | None = None,
+                 impl: str = "local"):
+    """(pangu, baseline): the same GPTModel config and modules; only the o_proj bias differs."""
+    models = {
+        name: build_model(hf_cfg, dtype, device, layer_spec(kind, impl), tc_overrides)
+        for name, kind in (("pangu (o_proj bias)", "pangu"), ("baseline (no o_proj bias)", "baseline"))
     }
-    models = {}
-    for name, spec in specs.items():
-        torch.manual_seed(0)
-        m = GPTModel(config=tc, transformer_layer_spec=spec, pre_process=True, post_process=True,
-                     parallel_output=True, **gpt_model_kwargs(hf_cfg))
-        models[name] = m.to(device).train()  # params are already params_dtype (no cast: it would hit RoPE buffers)
     n_p, n_b = (sum(p.numel() for p in m.parameters()) for m in models.values())
     expected = hf_cfg["num_hidden_layers"] * hf_cfg["hidden_size"]
     if n_p - n_b != expected:
@@ -145,7 +207,7 @@ def _sync(device: str) -> None:
 
 
 class Trainer:
-    """One model, its optimizer and a fixed pool of random batches."""
+    """One model, its optimizer and a fixed pool of random batches (bshd: ``micro_batch`` x ``seq``)."""
 
     def __init__(self, model, device: str, vocab: int, micro_batch: int, seq: int) -> None:
         self.model, self.device = model, device
@@ -160,10 +222,13 @@ class Trainer:
         self.i = 0
         self.last_loss = float("nan")
 
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, position_ids=self.pos, attention_mask=None, labels=labels).float().mean()
+
     def step(self) -> None:
         ids, labels = self.batches[self.i % len(self.batches)]
         self.i += 1
-        loss = self.model(input_ids=ids, position_ids=self.pos, attention_mask=None, labels=labels).float().mean()
+        loss = self.loss(ids, labels)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -179,17 +244,127 @@ class Trainer:
         return (time.perf_counter() - t0) / steps
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def mixed_lengths(tokens: int, seed: int = 11) -> list[int]:
+    """GRPO-like unequal sequence lengths (each N/16..N/4) that total exactly ``tokens``."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = max(1, tokens // 16), max(2, tokens // 4)
+    out: list[int] = []
+    while sum(out) < tokens:
+        out.append(int(torch.randint(lo, hi + 1, (1,), generator=g)))
+    out[-1] -= sum(out) - tokens
+    return [n for n in out if n > 0]
+
+
+class PackedTrainer(Trainer):
+    """The same model trained on mixed-length sequences packed into THD form by RLinf's own
+    ``preprocess_packed_seqs`` (its padding mask -> cu_seqlens), as RLinf's forward does with TE."""
+
+    def __init__(self, model, device: str, vocab: int, lengths: list[int]) -> None:
+        from rlinf.hybrid_engines.megatron.utils import preprocess_packed_seqs
+
+        super().__init__(model, device, vocab, 1, 1)
+        g = torch.Generator(device="cpu").manual_seed(7)
+        width = max(lengths)
+        mask = torch.zeros(len(lengths), width, dtype=torch.bool)
+        for i, n in enumerate(lengths):
+            mask[i, :n] = True
+        self.batches = []
+        for _ in range(4):
+            ids = torch.randint(0, vocab, (len(lengths), width), generator=g).to(device)
+            labels = torch.randint(0, vocab, (len(lengths), width), generator=g).to(device)
+            packed_ids, params = preprocess_packed_seqs(ids, mask.to(device), pre_process=True)
+            packed_labels, _ = preprocess_packed_seqs(labels, mask.to(device), pre_process=True)
+            self.batches.append((packed_ids, (packed_labels, params)))
+        total = self.batches[0][0].shape[1]
+        self.pos = torch.arange(total, device=device).unsqueeze(0)
+
+    def loss(self, ids: torch.Tensor, labels_and_params) -> torch.Tensor:
+        labels, params = labels_and_params
+        out = self.model(input_ids=ids, position_ids=self.pos, attention_mask=None, labels=labels, packed_seq_params=params)
+        return out.float().mean()
+
+
+class PaddedTrainer(Trainer):
+    """The same mixed-length sequences right-padded to the longest, loss over real tokens only:
+    what RLinf's unpacked forward computes (causal attention; the padding is never attended to)."""
+
+    def __init__(self, model, device: str, vocab: int, lengths: list[int]) -> None:
+        width = max(lengths)
+        super().__init__(model, device, vocab, len(lengths), width)
+        self.mask = torch.zeros(len(lengths), width, device=device)
+        for i, n in enumerate(lengths):
+            self.mask[i, :n] = 1.0
+
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_token = self.model(input_ids=ids, position_ids=self.pos, attention_mask=None, labels=labels).float()
+        return (per_token * self.mask).sum() / self.mask.sum()
+
+
+# --------------------------------------------------------------------------------------
+# Provenance (also read by tests/test_te_gpu.py)
+# --------------------------------------------------------------------------------------
+
+
+def commit() -> str:
+    """The commit measured: ``$RLINF_PANGU_COMMIT`` (a copy without .git, e.g. the GPU machine), else git."""
+    if os.environ.get("RLINF_PANGU_COMMIT"):
+        return os.environ["RLINF_PANGU_COMMIT"]
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else "unknown (set RLINF_PANGU_COMMIT)"
+
+
+def provenance() -> dict[str, Any]:
+    """Device, commit and the versions that decide the numbers (TE's three distributions included)."""
+    import importlib.metadata as md
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    info: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "commit": commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "megatron_core": version("megatron-core"),
+        "transformer_engine": {d: version(d) for d in ("transformer-engine", "transformer-engine-cu13", "transformer-engine-torch")},
+    }
+    if torch.cuda.is_available():
+        info["cudnn_torch"] = torch.backends.cudnn.version()
+    if "transformer_engine.pytorch" in sys.modules:
+        try:
+            from transformer_engine.pytorch.utils import get_cudnn_version
+
+            info["cudnn_te"] = ".".join(map(str, get_cudnn_version()))
+        except Exception as e:  # noqa: BLE001 - provenance only
+            info["cudnn_te"] = f"unknown ({type(e).__name__})"
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# The two measurements
+# --------------------------------------------------------------------------------------
+
+
+def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], torch.dtype]:
     import rlinf_pangu
     from rlinf_pangu.presets import preset
 
     rlinf_pangu.register(rlinf=False, sglang=False)
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     hf_cfg = preset(args.preset, **overrides)
-    dtype = DTYPES[args.dtype]
     init_single_rank(args.device)
+    return hf_cfg, DTYPES[args.dtype]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The o_proj bias's cost: Pangu vs the same GPTModel without it, alternating rounds."""
+    hf_cfg, dtype = _setup(args)
+    impl = resolve_impl(args.transformer_impl)
     tc_overrides = _tc_overrides(args.tc)
-    models = build_models(hf_cfg, dtype, args.device, tc_overrides)
+    models = build_models(hf_cfg, dtype, args.device, tc_overrides, impl)
     tokens = args.micro_batch * args.seq
     trainers = {n: Trainer(m, args.device, hf_cfg["vocab_size"], args.micro_batch, args.seq) for n, m in models.items()}
 
@@ -218,6 +393,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "layers": hf_cfg["num_hidden_layers"],
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "dtype": args.dtype,
+        "transformer_impl": impl,
+        "packing": "none: micro-batch x seq random tokens (bshd)",
         "seq": args.seq,
         "micro_batch": args.micro_batch,
         "rounds": args.rounds,
@@ -239,14 +416,98 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": med[base] / med[pangu],  # Pangu tokens/s over baseline tokens/s
         "goal": GOAL,
     }
+    del trainers, models
+    _free(args.device)
     return result
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def measure_variant(make: Callable[[], Trainer], args: argparse.Namespace, tokens: int) -> dict[str, Any]:
+    """Warm-up, then ``rounds`` x ``steps`` timed steps of one variant alone on the device; an
+    out-of-memory anywhere is the result (the variant's memory is freed before the next one)."""
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tr = None
+    try:
+        tr = make()
+        for _ in range(args.warmup):
+            tr.step()
+        times = [tr.timed(args.steps) for _ in range(args.rounds)]
+        med = statistics.median(times)
+        out = {"median_step_ms": med * 1e3, "tokens_per_s": tokens / med, "step_ms_all": [t * 1e3 for t in times],
+               "last_loss": float(tr.last_loss), "oom": False}
+    except Exception as e:  # noqa: BLE001 - an OOM is a result; anything else is re-raised
+        if not _is_oom(e):
+            raise
+        out = {"oom": True, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+    if args.device == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if tr is not None:
+        tr.opt.zero_grad(set_to_none=True)
+    del tr
+    _free(args.device)
+    return out
+
+
+def compare_impl(args: argparse.Namespace, hf_cfg: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """Pangu's training tokens/s per variant (TE / local, packed / not) at each token count."""
+    tc_overrides = _tc_overrides(args.tc)
+    vocab = hf_cfg["vocab_size"]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    results: dict[str, Any] = {}
+    for tokens in [int(t) for t in args.compare_impl.split(",") if t.strip()]:
+        lengths = mixed_lengths(tokens)
+        row: dict[str, Any] = {"mixed_lengths": lengths}
+        for name in variants:
+            impl, packing = VARIANTS[name]
+            entry: dict[str, Any] = {"transformer_impl": impl, "packing": packing}
+            if impl == "transformer_engine" and not te_installed():
+                row[name] = {**entry, "skipped": "transformer_engine is not installed"}
+                continue
+            model = build_model(hf_cfg, dtype, args.device, layer_spec("pangu", impl), tc_overrides)
+            make = {
+                "te": lambda: Trainer(model, args.device, vocab, 1, tokens),
+                "local": lambda: Trainer(model, args.device, vocab, 1, tokens),
+                "te-thd": lambda: PackedTrainer(model, args.device, vocab, lengths),
+                "local-padded": lambda: PaddedTrainer(model, args.device, vocab, lengths),
+            }[name]
+            entry.update(measure_variant(make, args, tokens))
+            del model, make
+            _free(args.device)
+            row[name] = entry
+            log.info("%d tokens, %s: %s", tokens, name,
+                     "OOM" if entry.get("oom") else f"{entry['median_step_ms']:.1f} ms, {entry['tokens_per_s']:,.0f} tokens/s")
+        ratios = {}
+        for te_name, local_name in (("te", "local"), ("te-thd", "local-padded"), ("te-thd", "local")):
+            a, b = row.get(te_name, {}), row.get(local_name, {})
+            if "tokens_per_s" in a and "tokens_per_s" in b:
+                ratios[f"{te_name} / {local_name}"] = a["tokens_per_s"] / b["tokens_per_s"]
+            elif "tokens_per_s" in a and b.get("oom"):
+                ratios[f"{te_name} / {local_name}"] = f"{local_name} out of memory"
+        row["tokens_per_s_ratios"] = ratios
+        results[str(tokens)] = row
+    return {"preset": args.preset, "layers": hf_cfg["num_hidden_layers"], "dtype": args.dtype, "warmup": args.warmup,
+            "rounds": args.rounds, "steps_per_round": args.steps, "tc_overrides": tc_overrides,
+            "order": "one variant at a time on the device, in the order listed", "tokens": results}
 
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Pangu training step vs the same GPTModel without o_proj bias — preset `{res['preset']}` "
-        f"({res['layers']} layers), {res['device']}, {res['dtype']}, micro-batch {res['micro_batch']} x "
-        f"seq {res['seq']}, median of {res['rounds']} rounds x {res['steps_per_round']} steps "
+        f"({res['layers']} layers), {res['device']}, {res['dtype']}, transformer_impl {res.get('transformer_impl', 'local')}, "
+        f"micro-batch {res['micro_batch']} x seq {res['seq']}, median of {res['rounds']} rounds x {res['steps_per_round']} steps "
         f"(torch {res['torch']}, megatron-core {res['megatron_core']})"
         + (f", TransformerConfig overrides {res['tc_overrides']}" if res["tc_overrides"] else ""),
         "",
@@ -261,11 +522,47 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_impl(res: dict[str, Any]) -> str:
+    lines = [f"Pangu tokens/s by transformer_impl and packing — preset `{res['preset']}` ({res['layers']} layers), "
+             f"{res['dtype']}, median of {res['rounds']} rounds x {res['steps_per_round']} steps, {res['order']}", "",
+             "| tokens | variant | transformer_impl | packing | median step (ms) | tokens/s | peak mem (GiB) |",
+             "|---:|---|---|---|---:|---:|---:|"]
+    for tokens, row in res["tokens"].items():
+        for name, e in row.items():
+            if name in ("mixed_lengths", "tokens_per_s_ratios"):
+                continue
+            if e.get("skipped"):
+                cells = ("skipped", e["skipped"], "-")
+            elif e.get("oom"):
+                cells = ("OOM", "-", f"{e.get('peak_mem_gib', 0):.1f}")
+            else:
+                cells = (f"{e['median_step_ms']:.1f}", f"{e['tokens_per_s']:,.0f}",
+                         f"{e['peak_mem_gib']:.1f}" if e.get("peak_mem_gib") is not None else "-")
+            lines.append(f"| {tokens} | {name} | {e['transformer_impl']} | {e['packing'].split(':')[0]} | " + " | ".join(cells) + " |")
+        for k, v in row["tokens_per_s_ratios"].items():
+            lines.append(f"|  | {k} | | | | {v if isinstance(v, str) else f'**{v:.2f}x**'} | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    res = run(args)
-    print(markdown(res))
+    res: dict[str, Any] = {}
+    if not args.skip_bias_cost:
+        res = run(args)
+        print(markdown(res))
+    if args.compare_impl:
+        if args.skip_bias_cost:
+            hf_cfg, dtype = _setup(args)
+        else:
+            from rlinf_pangu.presets import preset
+
+            hf_cfg = preset(args.preset, **({"num_hidden_layers": args.layers} if args.layers else {}))
+            dtype = DTYPES[args.dtype]
+        res["impl_compare"] = compare_impl(args, hf_cfg, dtype)
+        print(markdown_impl(res["impl_compare"]))
+    res["provenance"] = provenance()
+    res["command"] = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2))
