@@ -14,6 +14,9 @@ Both read the split dimension and pipeline placement of every tensor from
 * column/row-parallel tensors: all-gathered over the subgroup along ``tp_dim``;
 * the vocabulary-parallel embedding and output layer at rollout TP > 1: cut to SGLang's own
   row range (see :mod:`resharding.vocab`), which needs rows from the whole actor TP group.
+  A Megatron target (``vocab="megatron"``: RLinf's actor -> inference sync of the disaggregated
+  mode, ``reshard_weights_format: mcore``) keeps Megatron's even split instead: its shards are
+  merged like any other column-parallel tensor.
 """
 
 from __future__ import annotations
@@ -50,7 +53,12 @@ def _gather_cat(tensor: torch.Tensor, dim: int, world: int, group, copy: bool = 
     return out if dim == 0 else torch.cat(out.chunk(world, 0), dim)
 
 
-def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor: int, tp_group, *, copy: bool = True) -> dict[str, torch.Tensor]:
+#: Whose vocabulary rows the target holds at TP > 1 (see the module docstring).
+VOCAB_TARGETS = ("sglang", "megatron")
+
+
+def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor: int, tp_group, *, copy: bool = True,
+                        vocab: str = "sglang") -> dict[str, torch.Tensor]:
     """Actor TP shards -> this rank's rollout TP shard, per the Pangu layout.
 
     The fused tensors stay in Megatron's per-rank form (QKV grouped per query group, fc1 as
@@ -61,7 +69,16 @@ def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor:
     ``copy=False`` returns this rank's own parameters (not gathered, not cut) as they are:
     only for a convertor that copies everything it is given (``PanguConvertor`` does), which
     pairs itself with this variant. RLinf's default, ``copy=True``, hands out new tensors.
+
+    ``vocab``: ``"sglang"`` (the rollout: SGLang's padded row ranges) or ``"megatron"`` (a
+    Megatron target such as the disaggregated mode's inference group: Megatron's even split).
     """
+    if vocab not in VOCAB_TARGETS:
+        raise ValueError(f"vocab must be one of {VOCAB_TARGETS}, got {vocab!r}")
+    if vocab == "megatron" and merge_factor != 1:
+        # Concatenated per-rank [gate_r; up_r] blocks are not Megatron's [gate; up] at a smaller
+        # TP; the inference group runs at the actor's TP (rlinf_pangu.placement checks it).
+        raise ValueError(f"a Megatron target must keep the actor's TP (merge factor {merge_factor}, not 1)")
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     rollout_tp, rollout_rank = tp // merge_factor, tp_rank // merge_factor
@@ -70,7 +87,8 @@ def tp_reshard_fn_pangu(model_state_dict: dict[str, torch.Tensor], merge_factor:
         mapping, _ = mapping_for_megatron_name(name)
         if mapping.tp_dim is None:
             out[name] = tensor.clone() if copy else tensor
-        elif is_vocab_parallel(mapping) and rollout_tp > 1 and not vocab_split_lines_up(tensor.shape[0] * tp, rollout_tp):
+        elif (vocab == "sglang" and is_vocab_parallel(mapping) and rollout_tp > 1
+              and not vocab_split_lines_up(tensor.shape[0] * tp, rollout_tp)):
             full = _gather_cat(tensor, 0, tp, parallel_state.get_tensor_model_parallel_group())
             lo, hi = sglang_vocab_rows(full.shape[0], rollout_tp, rollout_rank)
             out[name] = full[lo:hi].clone() if copy else full[lo:hi]

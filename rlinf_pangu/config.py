@@ -12,11 +12,13 @@ naming the key. So the driver (``rlinf_pangu.train``) runs, in this order:
 3. :func:`prepare` — absolute paths (Ray workers do not share the driver's cwd), the tiny
    checkpoint made on first use, and the Pangu checks: ``rollout.model.model_type`` is ``pangu``
    for a Pangu checkpoint, actor TP/PP and rollout TP fit the model's heads/layers, the eos id is
-   the tokenizer's, the precision is one RLinf's Megatron path accepts.
+   the tokenizer's, the precision is one RLinf's Megatron path accepts; and
+   :func:`check_placement`: ``cluster.component_placement`` is one RLinf can run (colocated, or
+   disaggregated with an inference group of its own), each group's parallelism fits its devices.
 
 Only then does the driver call RLinf's ``validate_cfg``. :func:`resolve_rlinf` runs RLinf's own
 validators on a copy *without* a cluster, so tests (and ``--dry-run``) can see the resolved RLinf
-config of a 7B/8-GPU job on a CPU host.
+config of a 7B/8-GPU job on a CPU host, and the placement RLinf's own class makes of it.
 """
 
 from __future__ import annotations
@@ -102,7 +104,24 @@ def compose(config: str | os.PathLike, overrides: Sequence[str] = ()) -> DictCon
             raise ConfigError(_hydra_key(e), f"{type(e).__name__}: {e}") from e
     with open_dict(cfg):
         cfg.pop("hydra", None)
+    drop_null_placements(cfg)
     return cfg
+
+
+def drop_null_placements(cfg: DictConfig) -> None:
+    """Remove ``cluster.component_placement`` entries whose value is null.
+
+    Why: hydra merges dicts, so a cluster piece that lays components out differently (separate
+    ``actor``/``rollout``/``inference`` keys) would otherwise inherit the combined
+    ``actor,rollout,reward`` key of the schema or of a piece it includes, and RLinf would see
+    every component placed twice. A piece sets the inherited key to null to drop it.
+    """
+    placement = OmegaConf.select(cfg, "cluster.component_placement")
+    if not isinstance(placement, DictConfig):
+        return
+    with open_dict(cfg):
+        for key in [k for k in placement.keys() if placement._get_node(k)._is_none()]:
+            placement.pop(key)
 
 
 def _hydra_key(e: Exception) -> str:
@@ -327,10 +346,21 @@ def check_pangu(cfg: DictConfig) -> None:
         )
 
 
+def check_placement(cfg: DictConfig) -> str:
+    """``cluster.component_placement`` against RLinf's colocated/disaggregated rules and the
+    parallel sizes (:mod:`rlinf_pangu.placement`); returns the mode."""
+    from . import placement
+
+    found = placement.check(cfg)
+    log.info("placement: %s", found)
+    return found
+
+
 def prepare(cfg: DictConfig, base: Path | None = None) -> DictConfig:
     """Everything that must hold before RLinf's validate_cfg starts the cluster (in place)."""
     check_known_keys(cfg)
     device(cfg)
+    check_placement(cfg)
     absolutize_paths(cfg, base)
     ensure_checkpoint(cfg)
     check_pangu(cfg)
@@ -354,4 +384,19 @@ def resolve_rlinf(cfg: DictConfig) -> DictConfig:
     cfg = rc.validate_reasoning_cfg(cfg)
     cfg.actor = rc.validate_megatron_cfg(cfg.actor)
     cfg.actor = rc.validate_model_cfg_by_hf_config(cfg.actor, cfg.rollout.model.model_path)
+    log_rlinf_placement(cfg)
     return cfg
+
+
+def log_rlinf_placement(cfg: DictConfig) -> dict[str, Any]:
+    """RLinf's own placement class on the devices the YAML names (no cluster needed): the mode
+    and weight-sync mode it picks, each group's ranks, which actor rank feeds which rollout rank."""
+    from .placement import resolve_with_rlinf
+
+    resolved = resolve_with_rlinf(cfg)
+    log.info(
+        "RLinf placement on %d device(s): %s, rollout sync %s; %s; actor rank -> rollout (dp, tp): %s",
+        resolved["devices"], resolved["mode"], resolved["rollout_sync_mode"],
+        ", ".join(f"{k} {v}" for k, v in resolved["groups"].items()), resolved["actor_to_rollout"],
+    )
+    return resolved

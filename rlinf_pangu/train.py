@@ -146,6 +146,7 @@ def prepare(config: str, overrides: Sequence[str]):
     cfg = pc.compose(config, overrides)
     pc.check_known_keys(cfg)
     device = pc.device(cfg)
+    pc.check_placement(cfg)
     pc.absolutize_paths(cfg)
     if device == "cpu":
         from .patches import cpu as cpu_mode  # the explicit CPU mode only
@@ -185,11 +186,13 @@ def build_and_run(cfg) -> "object":
     (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     cluster = Cluster(cluster_cfg=cfg.cluster)
-    placement = ModelParallelComponentPlacement(cfg, cluster)
     if device(cfg) == "cpu":
         from .patches import cpu as cpu_mode
 
+        placement = ModelParallelComponentPlacement(cfg, cpu_mode.placement_cluster(cfg, cluster))
         cpu_mode.driver_placement(placement)
+    else:
+        placement = ModelParallelComponentPlacement(cfg, cluster)
 
     rollout = get_rollout_backend_worker(cfg).create_group(cfg, placement).launch(
         cluster, name=cfg.rollout.group_name, placement_strategy=placement.get_strategy("rollout")

@@ -182,12 +182,15 @@ def test_wrong_qkv_shape_is_a_layout_error_naming_the_tensor(registered, tiny_fp
 
 def test_sglang_format_pairs_the_copying_convertor_with_the_no_copy_reshard(registered, tiny_fp32):
     """RLinf builds the convertor before it picks a TP reshard: ours takes the one that does not
-    copy (the convertor copies); the mcore format and a caller's own convert_fn keep the copying one."""
+    copy (the convertor copies); the mcore format (a Megatron target: the copying reshard with
+    Megatron's vocabulary split, patch rlinf.ReshardConfig:pangu-megatron-target) and a caller's
+    own convert_fn keep the copying one."""
     from resharding.reshard import tp_reshard_fn_pangu
 
     paired = L.reshard_config(tiny_fp32, 2, 1).tp_reshard_fn
     assert paired.func is tp_reshard_fn_pangu and paired.keywords == {"copy": False}
-    assert L.reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore").tp_reshard_fn is tp_reshard_fn_pangu
+    mcore = L.reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore").tp_reshard_fn
+    assert mcore.func is tp_reshard_fn_pangu and mcore.keywords == {"vocab": "megatron"}
     assert L.reshard_config(tiny_fp32, 2, 1, convert_fn=dict).tp_reshard_fn is tp_reshard_fn_pangu
 
 

@@ -8,7 +8,8 @@ checks that.
 
 Where each redirect runs (all are idempotent):
 
-* the driver — :func:`driver_placement`: node placement and the direct-tensor weight sync;
+* the driver — :func:`placement_cluster` and :func:`driver_placement`: placement ranks as CPU
+  slots, node placement and the direct-tensor weight sync;
 * every RLinf worker process — :func:`activate` (called by ``rlinf_pangu.register()``, i.e. by
   RLinf's ``RLINF_EXT_MODULE`` hook): the CPU torch platform for RLinf's accelerator layer, and
   hooks that take effect when the Megatron actor or the SGLang rollout is imported;
@@ -309,6 +310,17 @@ def _megatron_actor(ma) -> None:
             setattr(cls, name, _with_device_mode(fn))
 
 
+def _megatron_inference(mi) -> None:
+    """The disaggregated mode's inference group: RLinf's ``MegatronActorInference`` defines its
+    own ``init_worker`` (builds the model) and ``sync_model_from_actor`` (loads the received
+    weights), which the actor's wrappers above do not cover."""
+    cls = mi.MegatronActorInference
+    for name in ("init_worker", "sync_model_from_actor"):
+        fn = cls.__dict__.get(name)
+        if fn is not None and not getattr(fn, "__rlinf_pangu_cpu__", False):
+            setattr(cls, name, _with_device_mode(fn))
+
+
 # --------------------------------------------------------------------------------------
 # SGLang (the rollout worker and its scheduler processes)
 # --------------------------------------------------------------------------------------
@@ -394,6 +406,7 @@ def arm() -> None:
     _after_import("rlinf.hybrid_engines.megatron.megatron_model_manager", _megatron_manager)
     _after_import("rlinf.workers.megatron_worker", _megatron_worker)
     _after_import("rlinf.workers.actor.megatron_actor_worker", _megatron_actor)
+    _after_import("rlinf.workers.inference.megatron_inference_worker", _megatron_inference)
     _after_import("rlinf.workers.rollout.sglang.sglang_worker", _sglang_worker)
     _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _sgl_scheduler)
     log.info("CPU mode: redirects armed in pid %d", os.getpid())
@@ -412,6 +425,22 @@ def driver_environment(cfg: Any) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # several processes share few cores
 
 
+def placement_cluster(cfg: Any, cluster: Any) -> Any:
+    """What RLinf's placement class reads the CPU YAML's ranks against: CPU slots of node 0.
+
+    On a node without accelerators RLinf counts placement ranks in nodes, so one host offers rank
+    0 only, and every component lands on it: colocated in RLinf's eyes. Its disaggregated mode
+    needs actor, rollout and inference on disjoint ranks; here the ranks number CPU slots of node
+    0 instead (as many as the YAML names, :func:`rlinf_pangu.placement.planned_devices`). Each
+    component runs in processes of its own either way; :func:`driver_placement` then puts them
+    all on node 0. ``cluster`` (RLinf's, one CPU node) has nothing to add.
+    """
+    from rlinf_pangu.placement import PlannedDevices, planned_devices
+
+    del cluster
+    return PlannedDevices(planned_devices(cfg))
+
+
 def driver_placement(placement: Any) -> None:
     """RLinf's placement on a CPU-only node.
 
@@ -427,6 +456,7 @@ def driver_placement(placement: Any) -> None:
     sizes = {
         "actor": placement.actor_world_size,
         "rollout": placement.rollout_dp_size,
+        "inference": max(1, getattr(placement, "inference_world_size", 1) or 1),
         "reward": max(1, getattr(placement, "reward_world_size", 1) or 1),
     }
     for name in list(placement._placements):
