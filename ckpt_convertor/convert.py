@@ -386,6 +386,18 @@ def _numel(shape) -> int:
     return n
 
 
+def save_hf_meta(hf_dir: str | Path, meta: str | Path) -> dict[str, int]:
+    """Write ``meta`` (a new ``hf_meta/`` directory) from the HF directory ``hf_dir``: what
+    :func:`megatron_to_hf` needs to write an official-layout directory again. A run's checkpoints
+    keep one beside the actor's Megatron files (``rlinf_pangu.run_checkpoint``)."""
+    meta = Path(meta)
+    ckpt = HFCheckpoint.open(hf_dir)
+    try:
+        return _save_hf_meta(ckpt, meta, meta.parent)
+    finally:
+        ckpt.close()
+
+
 def _save_hf_meta(ckpt: HFCheckpoint, meta: Path, root: Path) -> dict[str, int]:
     """Keep what megatron-to-hf needs to write an official-layout directory again: config,
     tokenizer and other metadata files (copied byte for byte, never interpreted), the index,

@@ -55,6 +55,8 @@ PATH_KEYS = (
     "data.val_data_paths",
     "runner.resume_dir",
 )
+#: Values of path keys that are words, not paths (``runner.resume_dir=auto``).
+PATH_WORDS = ("auto",)
 #: ``precision`` values RLinf's Megatron path accepts (``rlinf/utils/initialize.py``).
 MEGATRON_PRECISIONS = ("bf16", "fp16", "bf16-mixed", "16", "16-mixed")
 
@@ -188,7 +190,7 @@ def absolutize_paths(cfg: DictConfig, base: Path | None = None) -> None:
     base = Path(base or os.getcwd())
 
     def fix(v: Any) -> Any:
-        if isinstance(v, str) and v and not v.startswith(("/", "hdfs:", "s3:", "gs:")):
+        if isinstance(v, str) and v and v not in PATH_WORDS and not v.startswith(("/", "hdfs:", "s3:", "gs:")):
             return str((base / v).resolve())
         return v
 
@@ -364,7 +366,30 @@ def prepare(cfg: DictConfig, base: Path | None = None) -> DictConfig:
     absolutize_paths(cfg, base)
     ensure_checkpoint(cfg)
     check_pangu(cfg)
+    check_resume(cfg)
     return cfg
+
+
+def check_resume(cfg: DictConfig) -> int | None:
+    """``runner.resume_dir`` resolved and checked before Ray starts (``rlinf_pangu.run_checkpoint``):
+    ``auto`` -> this run's latest complete checkpoint (or a fresh start), a path -> a complete
+    checkpoint of this model at this actor TP/PP. Returns the step the run continues from."""
+    from . import run_checkpoint
+
+    try:
+        ckpt = run_checkpoint.resolve(cfg)
+    except run_checkpoint.CheckpointError as e:
+        raise ConfigError("runner.resume_dir", str(e)) from e
+    if ckpt is None:
+        return None
+    max_steps = int(cfg.runner.get("max_steps", -1))
+    if 0 <= max_steps <= ckpt.step:
+        raise ConfigError(
+            "runner.max_steps",
+            f"{max_steps}, but the checkpoint to resume from ({ckpt.path}) is at step {ckpt.step}: "
+            "nothing is left to train (raise runner.max_steps to train on)",
+        )
+    return ckpt.step
 
 
 def resolve_rlinf(cfg: DictConfig) -> DictConfig:

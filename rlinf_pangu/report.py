@@ -70,6 +70,18 @@ class StepReport:
         self._print = printer
         self._header_done = False
 
+    def resume(self, step: int) -> int:
+        """Continue a resumed run's ``metrics.jsonl``: keep its rows up to the checkpoint's ``step``
+        (later rows belong to steps the crashed run did not save; they are trained again) so the
+        file and the plot show one curve. Returns how many rows were kept."""
+        path = self.run_dir / "metrics.jsonl"
+        kept = {s: row for s, row in (load_jsonl(path) if path.is_file() else {}).items() if s <= step}
+        self.steps.update(kept)
+        self._printed.update(kept)  # rows of the earlier run are not printed again
+        self.write_jsonl()
+        log.info("metrics.jsonl continues from step %d (%d earlier rows kept)", step, len(kept))
+        return len(kept)
+
     # RLinf logs time+rollout metrics at (step-1)*n_minibatches and training metrics at that
     # index + i for minibatch i; the step is complete once minibatch n-1 has been logged.
     def observe(self, data: dict[str, Any], index: int) -> None:

@@ -161,6 +161,7 @@ def prepare(config: str, overrides: Sequence[str]):
     rlinf_pangu.register()
     pc.ensure_checkpoint(cfg)
     pc.check_pangu(cfg)
+    pc.check_resume(cfg)  # runner.resume_dir: auto -> a path; missing/foreign/corrupt fails here
     OmegaConf.resolve(cfg)  # workers get plain values (no project resolvers needed there)
     return cfg
 
@@ -228,6 +229,10 @@ def build_and_run(cfg) -> "object":
 
         report = StepReport(run_dir, cfg.algorithm.n_minibatches, printer=_table_printer(cfg.pangu.report.table))
         report.attach(runner.metric_logger)
+        if cfg.runner.resume_dir is not None:  # continue metrics.jsonl from the checkpoint's step
+            from .run_checkpoint import step_of
+
+            report.resume(step_of(cfg.runner.resume_dir))
     t0 = time.monotonic()
     runner.init_workers()
     log.info("workers initialised in %.1f s", time.monotonic() - t0)
