@@ -2,13 +2,21 @@
 
 Why: a Pangu completion is ``[unused16] thinking [unused17] answer [unused10]``. RLinf's ``math``
 reward grades the whole text, so a number that appears anywhere in the thinking can earn the
-reward. This one splits the completion with :func:`rlinf_pangu.chat.split_thinking` and hands only
-the answer to RLinf's own math verifier (``math_verify_call``): unfinished thinking earns nothing,
-and an answer with no final-answer marker (``\\boxed{}``, "the answer is", ...) is graded as a whole
-(it is already the part after the thinking).
+reward. This one splits the completion with :func:`rlinf_pangu.chat.split_thinking` and grades only
+the answer, with :func:`rlinf_pangu.math_grade.grade`: a real LaTeX parser (sympy's Lark backend)
+under RLinf's own math verifier, plus the number/interval/tuple/choice readings RLinf's verifier
+gets wrong. Unfinished thinking earns nothing; an answer with no final-answer marker
+(``\\boxed{}``, "the answer is", "Answer:", ...) is graded as a whole (it is already the part after
+the thinking). Answers are graded in worker processes under a time limit (``GradingPool``).
 
 Selected with ``reward.reward_type: pangu_math``; registered in RLinf's rule-based reward registry
 by ``rlinf_pangu.register()`` (in every reward worker, through RLinf's ``RLINF_EXT_MODULE`` hook).
+Optional ``reward`` keys: ``grader_workers`` (processes; default: this worker's cores, at most 32)
+and ``grader_timeout_s`` (per answer; default 10, RLinf's own).
+
+Building the reward fails, with the reason, when the LaTeX parser or RLinf's verifier with it is
+unusable (``math_grade.ParserUnavailable``, ``check_rlinf_verifier``): the reward worker stops at
+start rather than grade a third of the correct answers wrong for a whole run.
 """
 
 from __future__ import annotations
@@ -22,17 +30,21 @@ from .chat import split_thinking
 
 #: ``reward.reward_type`` of this reward.
 REWARD_TYPE = "pangu_math"
-#: Phrases RLinf's answer extractor looks for; an answer without one is graded as a whole.
-_ANSWER_MARKERS = ("boxed", "he answer is", "final answer is", "答案是")
 
 
 def answer_for_grading(completion: str) -> str | None:
-    """The text RLinf's verifier should grade, or None when the completion has no answer."""
+    """The text the grader should grade, or None when the completion has no answer.
+
+    An answer without a final-answer marker is wrapped in ``\\boxed{}`` so that any grader that
+    looks for one (RLinf's extractor, Math-Verify) grades it whole, as this one does.
+    """
     parts = split_thinking(completion)
     if not parts.finished_thinking or not parts.answer:
         return None
+    from .math_grade import marked_answer
+
     answer = parts.answer
-    if not any(m in answer for m in _ANSWER_MARKERS):
+    if marked_answer(answer) is None:
         answer = "\\boxed{" + answer + "}"
     return answer
 
@@ -45,18 +57,15 @@ class PanguMathReward:
         self.scale = float(get("reward_scale", 1.0))
         self.min_val = float(get("reward_min_val", 0.0))
         self.max_val = float(get("reward_max_val", 1.0))
+        from . import math_grade  # raises ParserUnavailable (lark missing or broken): the worker stops here
+
+        math_grade.check_rlinf_verifier()
+        workers = get("grader_workers", None)
+        self.pool = math_grade.GradingPool(None if workers is None else int(workers),
+                                           float(get("grader_timeout_s", 10.0)))
 
     def grade(self, responses: Sequence[str], references: Sequence[Any]) -> list[bool]:
-        from rlinf.algorithms.rewards.math.math_verifier.verify import math_verify_call
-
-        answers = [answer_for_grading(r) for r in responses]
-        todo = [i for i, a in enumerate(answers) if a is not None]
-        verdict = [False] * len(responses)
-        if todo:
-            results = math_verify_call([answers[i] for i in todo], [references[i] for i in todo])
-            for i, ok in zip(todo, results):
-                verdict[i] = bool(ok)
-        return verdict
+        return self.pool.grade([answer_for_grading(r) for r in responses], list(references))
 
     def get_reward(self, response: Sequence[str], reference: Sequence[Any], **kwargs: Any) -> list[float]:
         rewards = [(self.max_val if ok else self.min_val) * self.scale for ok in self.grade(response, reference)]

@@ -74,6 +74,11 @@ GPU_HOST_HAS = set(
     wrapt xarray xxhash yarl zipp""".split()
 )
 
+#: Pinned for the CPU host's own tooling, never imported by a run: not carried.
+NOT_CARRIED: dict[str, str] = {
+    "uv": "the installer scripts/setup.sh bootstraps on CPU hosts",
+}
+
 #: package -> members never loaded on an x86-64 Hopper host running this project, dropped from the wheel.
 SLIM: dict[str, str] = {
     # FlashAttention-3 (342 MB; the triton attention backend is used) and the Blackwell build of the ops.
@@ -122,7 +127,7 @@ def pins(path: Path) -> dict[str, str]:
 def wanted() -> dict[str, str]:
     """Pinned packages the GPU host lacks, plus the GPU-only extras (Transformer Engine apart: :func:`te_wanted`)."""
     allpins = pins(ROOT / "constraints.txt")
-    skip = set(TE) | set(TE_DEPS)
+    skip = set(TE) | set(TE_DEPS) | set(NOT_CARRIED)
     need = {
         n: v for n, v in allpins.items()
         if n not in GPU_HOST_HAS and n not in skip and not n.startswith(("nvidia-", "cuda-"))

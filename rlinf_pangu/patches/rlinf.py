@@ -1012,3 +1012,55 @@ def _runner_resumable_sampler() -> None:
         rr.RandomSampler = ResumableRandomSampler
 
     after_import(_RUNNER, install)
+
+
+MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY = "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy"
+
+
+def restore_offload_policy(manager: Any) -> None:
+    """Bring back onto the device what the role's ``offload_weight/grad/optimizer`` settings keep
+    there between steps. RLinf's loop only reloads gradients when ``offload_grad`` is set, so a
+    gradient buffer left offloaded (resized to 0) is written by the next backward: a segfault."""
+    cfg = manager._cfg
+    keep_weights = not cfg.get("offload_weight", False)
+    keep_grads = not cfg.get("offload_grad", False)
+    if (keep_grads and manager.is_grad_offloaded) or (keep_weights and manager.is_weight_offloaded):
+        weights_were_offloaded = manager.is_weight_offloaded
+        manager.onload_model_weights_and_grad(load_grad=keep_grads)
+        if weights_were_offloaded and not keep_weights:
+            manager.offload_model_weights_and_grad(offload_grad=False, offload_weight=True)
+    if not cfg.get("offload_optimizer", False) and manager.is_optimizer_offloaded:
+        manager.onload_megatron_optimizer()
+
+
+def make_offload_restoring_context(original: Callable) -> Callable:
+    import contextlib
+
+    @contextlib.contextmanager
+    def ensure_onloaded_and_then_offload(self):
+        with original(self):
+            yield
+        restore_offload_policy(self)
+
+    return mark(ensure_onloaded_and_then_offload, original)
+
+
+def _checkpoint_offloads_everything() -> bool:
+    ctx = source_of(_MM, "MegatronModelManager.ensure_onloaded_and_then_offload")
+    load = source_of(_MWORKER, "MegatronWorker._load_weight_and_optimizer")
+    return "self.offload_model_weights_and_grad()" in ctx and "offload_grad" not in ctx and "load_grad=self.offload_grad" in load
+
+
+@patch(
+    MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY,
+    why="RLinf's Megatron save/load_checkpoint offload weights, gradients and optimizer afterwards whatever the role's offload_* settings, but the next step reloads gradients only when offload_grad is set: with offload_grad=False (the CPU mode, the disaggregated GPU placement) the step after a mid-run save segfaults in backward",
+    module=_MM,
+    applies=_checkpoint_offloads_everything,
+)
+def _checkpoint_keeps_offload_policy() -> None:
+    def install(mm) -> None:
+        cls = mm.MegatronModelManager
+        if not patched(cls.ensure_onloaded_and_then_offload):
+            cls.ensure_onloaded_and_then_offload = make_offload_restoring_context(cls.ensure_onloaded_and_then_offload)
+
+    after_import(_MM, install)
