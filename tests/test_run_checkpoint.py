@@ -324,7 +324,7 @@ def test_negative_control_torchs_sampler_replays_the_first_epoch_after_a_resume(
 # --------------------------------------------------------------------------------------
 
 CHECKPOINT_PATCHES = ["rlinf.ReasoningRunner:atomic-save", "rlinf.MegatronModelManager:checkpoint-digest",
-                      "rlinf.ReasoningRunner:resumable-sampler"]
+                      "rlinf.ReasoningRunner:resumable-sampler", "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy"]
 
 
 def test_upstream_still_needs_the_checkpoint_patches():
@@ -342,7 +342,7 @@ def test_register_puts_the_checkpoint_patches_into_rlinfs_classes():
         "from rlinf.hybrid_engines.megatron.megatron_model_manager import MegatronModelManager as M\n"
         "from rlinf_pangu.run_checkpoint import ResumableRandomSampler\n"
         "print(all(hasattr(f, '__rlinf_pangu_original__') for f in (rr.ReasoningRunner._save_checkpoint, "
-        "M.save_checkpoint, M.load_checkpoint)), rr.RandomSampler is ResumableRandomSampler)"
+        "M.save_checkpoint, M.load_checkpoint, M.ensure_onloaded_and_then_offload)), rr.RandomSampler is ResumableRandomSampler)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=fresh_env())
     assert out.returncode == 0, out.stderr[-3000:]
