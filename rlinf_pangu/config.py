@@ -59,6 +59,8 @@ PATH_KEYS = (
 PATH_WORDS = ("auto",)
 #: ``precision`` values RLinf's Megatron path accepts (``rlinf/utils/initialize.py``).
 MEGATRON_PRECISIONS = ("bf16", "fp16", "bf16-mixed", "16", "16-mixed")
+#: ... and, in the CPU mode only, fp32 (``rlinf_pangu/patches/cpu.py`` redirects RLinf's args for it).
+CPU_PRECISIONS = ("fp32", "32", "32-true")
 
 
 class ConfigError(ValueError):
@@ -335,17 +337,32 @@ def check_pangu(cfg: DictConfig) -> None:
     want_eos = int(hf.get("eos_token_id", EOS_TOKEN_ID) if not isinstance(hf.get("eos_token_id"), list) else hf["eos_token_id"][0])
     if eos is not None and int(eos) != want_eos:
         raise ConfigError("rollout.eos", f"{eos} but the checkpoint's eos_token_id is {want_eos} ([unused10])")
-    precision = str(model.precision)
-    if cfg.actor.training_backend == "megatron" and precision not in MEGATRON_PRECISIONS:
-        raise ConfigError(
-            "actor.model.precision",
-            f"{precision!r}: RLinf's Megatron path accepts only fp16/bf16 (openPangu is bf16)",
-        )
+    check_precision(cfg)
     if cfg.reward.reward_type in ("math",):
         log.warning(
             "reward.reward_type=math grades the whole completion, thinking included; "
             "pangu_math grades only the answer after [unused17]"
         )
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """``actor.model.precision``: fp16/bf16 for RLinf's Megatron path; fp32 too in the CPU mode
+    (this CPU has no bf16 instructions; its redirect, ``rlinf_pangu/patches/cpu.py``, lets RLinf's
+    Megatron args take fp32), where the optimizer's bf16/fp16 flags must then be off."""
+    if cfg.actor.training_backend != "megatron":
+        return
+    precision = str(cfg.actor.model.precision)
+    accepted = MEGATRON_PRECISIONS + (CPU_PRECISIONS if device(cfg) == "cpu" else ())
+    if precision not in accepted:
+        cpu_hint = "; fp32 only in the CPU mode (cluster: cpu)" if precision in CPU_PRECISIONS else ""
+        raise ConfigError(
+            "actor.model.precision",
+            f"{precision!r}: RLinf's Megatron path accepts only fp16/bf16 (openPangu is bf16){cpu_hint}",
+        )
+    if precision in CPU_PRECISIONS:
+        for flag in ("bf16", "fp16"):
+            if cfg.actor.optim.get(flag):
+                raise ConfigError(f"actor.optim.{flag}", f"true with actor.model.precision={precision}; set it to false")
 
 
 def check_placement(cfg: DictConfig) -> str:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: SGLang's KV cache size in tokens (from ``rollout.cpu_max_total_tokens``), set by the driver.
 ENV_MAX_TOTAL_TOKENS = "RLINF_PANGU_SGLANG_MAX_TOTAL_TOKENS"
+#: ``1``: the runner skips every Megatron -> SGLang weight sync. Only the CPU e2e's negative
+#: control sets it (SGLang then keeps its random start weights, so the post-sync gate must fail).
+ENV_SKIP_SYNC = "RLINF_PANGU_CPU_SKIP_SYNC"
 
 _DONE: set[str] = set()
 
@@ -261,10 +264,55 @@ def _megatron_rng(mcore_random) -> None:
     mcore_random._set_cuda_rng_state = lambda s, *a, **k: torch.set_rng_state(s)
 
 
+def fp32_megatron_args(original: Callable) -> Callable:
+    """RLinf's ``set_megatron_args`` that also accepts ``actor.model.precision: fp32``.
+
+    Why: this CPU has no bf16 instructions (a bf16 matmul of the tiny model's LM head measured
+    3.7 s vs 0.45 s in fp32), and in fp32 SGLang's rollout and the actor's recompute agree to
+    ~1e-6, which lets the CPU e2e hold the whole loop to an exact gate. RLinf asserts fp16/bf16
+    only because it writes Megatron's ``params_dtype`` from that branch; everything downstream
+    (the model config's params_dtype, the optimizer without a grad scaler, the sync's reshard
+    dtype) already handles fp32. Upstream runs with bf16 standing in for the branch; the args it
+    built are then made fp32 (the same object it handed to Megatron's ``set_args``).
+    """
+    from omegaconf import open_dict
+
+    def set_megatron_args(cfg):
+        from rlinf.config import torch_dtype_from_precision
+
+        precision = cfg.model.precision
+        if torch_dtype_from_precision(precision) != torch.float32:
+            return original(cfg)
+        with open_dict(cfg):
+            cfg.model.precision = "bf16"
+        try:
+            args = original(cfg)
+        finally:
+            with open_dict(cfg):
+                cfg.model.precision = precision
+        with open_dict(args):
+            args.params_dtype = "${torch.dtype:float32}"
+            args.bf16 = False
+            args.fp16 = False
+            if "precision" in args:
+                args.precision = precision
+        return args
+
+    set_megatron_args.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    return set_megatron_args
+
+
+def _fp32_args(module) -> None:
+    fn = module.set_megatron_args
+    if not getattr(fn, "__rlinf_pangu_cpu__", False):
+        module.set_megatron_args = fp32_megatron_args(fn)
+
+
 def _megatron_manager(mm) -> None:
     """In the Megatron actor's process: redirect torch.cuda and enter the device mode in the
     thread that builds the model (Ray runs the actor's tasks on that thread)."""
     _redirect_torch_cuda()
+    _fp32_args(mm)  # imported by name from rlinf.utils.initialize
     cls = mm.MegatronModelManager
     init = cls.__init__
     if getattr(init, "__rlinf_pangu_cpu__", False):
@@ -373,6 +421,32 @@ def _sgl_scheduler(ss) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# The negative control of the CPU e2e (the driver)
+# --------------------------------------------------------------------------------------
+
+
+def _skip_sync(rr) -> None:
+    """With ``RLINF_PANGU_CPU_SKIP_SYNC=1``, RLinf's runner never syncs weights to SGLang.
+
+    Why: the CPU e2e's post-sync gate (SGLang's log-probs equal the actor's to 1e-4) must be able
+    to fail; without the sync SGLang serves its random ``load_format=dummy`` start weights. Both
+    sides of the sync are skipped at the one place that starts them (the driver's
+    ``_sync_weights``), so no worker waits for a bucket that never comes.
+    """
+    if os.environ.get(ENV_SKIP_SYNC) != "1":
+        return
+    cls = rr.ReasoningRunner
+    if getattr(cls._sync_weights, "__rlinf_pangu_cpu__", False):
+        return
+
+    def _sync_weights(self) -> None:
+        log.warning("CPU mode: %s=1, weight sync skipped (negative control)", ENV_SKIP_SYNC)
+
+    _sync_weights.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    cls._sync_weights = _sync_weights
+
+
+# --------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------
 
@@ -403,12 +477,14 @@ def arm() -> None:
     _after_import(_WORKER, _platform)
     _after_import("megatron.core.tensor_parallel.random", _megatron_rng)
     _after_import("megatron.core.parallel_state", _gloo_groups)
+    _after_import("rlinf.utils.initialize", _fp32_args)
     _after_import("rlinf.hybrid_engines.megatron.megatron_model_manager", _megatron_manager)
     _after_import("rlinf.workers.megatron_worker", _megatron_worker)
     _after_import("rlinf.workers.actor.megatron_actor_worker", _megatron_actor)
     _after_import("rlinf.workers.inference.megatron_inference_worker", _megatron_inference)
     _after_import("rlinf.workers.rollout.sglang.sglang_worker", _sglang_worker)
     _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _sgl_scheduler)
+    _after_import("rlinf.runners.reasoning_runner", _skip_sync)
     log.info("CPU mode: redirects armed in pid %d", os.getpid())
 
 
