@@ -15,6 +15,10 @@ rollout / reward / actor worker groups -> RLinf's own ``ReasoningRunner`` -> ``i
 5. print one table row per GRPO step, and write ``metrics.jsonl`` + ``metrics.png`` next to
    RLinf's TensorBoard logs (``rlinf_pangu.report``).
 
+The console stays quiet (``rlinf_pangu.console``): one line of set-up progress, the table, where
+the outputs went, and on failure the lines that say why. Everything upstream prints goes to
+``<run dir>/train.log``; ``--verbose`` (or ``pangu.report.verbose: true``) shows it live as well.
+
 ``python -m rlinf.train`` resolves here through ``rlinf_pangu.startup.rlinf_train`` (see the README).
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,9 +35,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .console import Console
 
 log = logging.getLogger("rlinf_pangu.train")
+#: When this driver started (the "loop" of ``make demo`` is timed from here to the last step).
+DRIVER_START = time.monotonic()
 
 EXT_MODULE = "rlinf_pangu"
 #: Ray waits a fixed 30 s for its raylet to register; on a loaded small host it can miss that.
@@ -47,8 +57,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--config", required=True, help="the job's YAML, e.g. examples/math/pangu-tiny-grpo-megatron.yaml")
     p.add_argument("--dry-run", action="store_true", help="check and print the resolved RLinf config; start nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show what Ray, SGLang, Megatron and RLinf print (always in <run dir>/train.log)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # flags may sit among the key=value overrides
 
 
 def _log_setup() -> None:
@@ -139,8 +151,15 @@ def _stop_leftovers(tmp: Path) -> None:
             continue
 
 
-def prepare(config: str, overrides: Sequence[str]):
-    """Compose and check the config, export the environment, register Pangu: no worker yet."""
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.runner.output_dir) / cfg.runner.experiment_name
+
+
+def prepare(config: str, overrides: Sequence[str], console: "Console | None" = None):
+    """Compose and check the config, export the environment, register Pangu: no worker yet.
+
+    With a ``console``, its log file starts once the YAML has passed the checks that need no
+    imports (a rejected YAML leaves no run folder behind), before anything upstream prints."""
     from . import config as pc
 
     cfg = pc.compose(config, overrides)
@@ -148,6 +167,10 @@ def prepare(config: str, overrides: Sequence[str]):
     device = pc.device(cfg)
     pc.check_placement(cfg)
     pc.absolutize_paths(cfg)
+    if console is not None:
+        console.verbose = console.verbose or bool(cfg.pangu.report.get("verbose", False))
+        console.start(run_dir_of(cfg))
+        console.setup("config")
     if device == "cpu":
         from .patches import cpu as cpu_mode  # the explicit CPU mode only
 
@@ -159,6 +182,8 @@ def prepare(config: str, overrides: Sequence[str]):
     from omegaconf import OmegaConf
 
     rlinf_pangu.register()
+    if console is not None:
+        console.setup("checkpoint")
     pc.ensure_checkpoint(cfg)
     pc.check_pangu(cfg)
     pc.check_resume(cfg)  # runner.resume_dir: auto -> a path; missing/foreign/corrupt fails here
@@ -166,7 +191,7 @@ def prepare(config: str, overrides: Sequence[str]):
     return cfg
 
 
-def build_and_run(cfg) -> "object":
+def build_and_run(cfg, console: "Console | None" = None) -> "object":
     """Upstream's main_grpo flow with RLinf's own classes; returns the runner after ``run()``."""
     from omegaconf import OmegaConf
     from rlinf.config import validate_cfg
@@ -182,11 +207,15 @@ def build_and_run(cfg) -> "object":
 
     from .config import device
 
+    if console is not None:
+        console.setup("ray")
     cfg = validate_cfg(cfg)  # starts the Ray cluster
     run_dir = Path(cfg.runner.logger.log_path)
     (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     cluster = Cluster(cluster_cfg=cfg.cluster)
+    if console is not None:
+        console.setup("workers")
     if device(cfg) == "cpu":
         from .patches import cpu as cpu_mode
 
@@ -227,7 +256,7 @@ def build_and_run(cfg) -> "object":
     if cfg.pangu.report.table or cfg.pangu.report.plot:
         from .report import StepReport
 
-        report = StepReport(run_dir, cfg.algorithm.n_minibatches, printer=_table_printer(cfg.pangu.report.table))
+        report = StepReport(run_dir, cfg.algorithm.n_minibatches, printer=_table_printer(cfg.pangu.report.table, console))
         report.attach(runner.metric_logger)
         if cfg.runner.resume_dir is not None:  # continue metrics.jsonl from the checkpoint's step
             from .run_checkpoint import step_of
@@ -236,19 +265,32 @@ def build_and_run(cfg) -> "object":
     t0 = time.monotonic()
     runner.init_workers()
     log.info("workers initialised in %.1f s", time.monotonic() - t0)
+    if console is not None:
+        console.setup_done()
     t0 = time.monotonic()
     runner.run()
-    log.info("%d GRPO steps in %.1f s", runner.global_steps, time.monotonic() - t0)
+    loop_s = time.monotonic() - t0
+    log.info("%d GRPO steps in %.1f s", runner.global_steps, loop_s)
+    outputs = [run_dir]
     if report is not None:
         png = report.finish() if cfg.pangu.report.plot else report.write_jsonl()
         log.info("per-step metrics: %s; TensorBoard logs: %s", png, run_dir)
+        outputs = [p for p in (png, run_dir / "metrics.jsonl") if p is not None] + [run_dir]
+    if console is not None:
+        console.line(f"[rlinf-pangu] {runner.global_steps} GRPO steps in {loop_s:.0f} s "
+                     f"({time.monotonic() - DRIVER_START:.0f} s since the driver started)")
+        console.where("outputs", [*outputs, *([console.log_path] if console.log_path else [])])
     runner.report = report
     return runner
 
 
-def _table_printer(enabled: bool):
+def _table_printer(enabled: bool, console: "Console | None" = None):
     def printer(line: str) -> None:
-        if enabled:
+        if not enabled:
+            return
+        if console is not None:
+            console.line(f"[grpo] {line}")
+        else:
             print(f"[grpo] {line}", flush=True)
 
     return printer
@@ -258,12 +300,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _log_setup()
     from .config import ConfigError
+    from .console import Console
 
+    # --dry-run prints the config on stdout: nothing to keep quiet there.
+    console = None if args.dry_run else Console(verbose=args.verbose)
     try:
-        cfg = prepare(args.config, args.overrides)
+        cfg = prepare(args.config, args.overrides, console)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        (console.error if console is not None else functools.partial(print, file=sys.stderr))(f"config error: {e}")
+        if console is not None:
+            console.stop()
         return 2
+    except BaseException as e:
+        return _failed(console, e)
     if args.dry_run:
         from omegaconf import OmegaConf
 
@@ -271,14 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(OmegaConf.to_container(resolve_rlinf(cfg), resolve=True), indent=2, default=str))
         return 0
-    run_dir = Path(cfg.runner.output_dir) / cfg.runner.experiment_name
+    run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     from .reward import SAMPLES_ENV
 
     os.environ.setdefault(SAMPLES_ENV, str(run_dir / "reward_samples.jsonl"))  # reward workers inherit it
-    with own_ray(run_dir):
-        build_and_run(cfg)
+    try:
+        with own_ray(run_dir):
+            build_and_run(cfg, console)
+    except BaseException as e:  # RLinf's worker-failure handler ends the driver with SystemExit(-1)
+        return _failed(console, e)
+    console.stop()
     return 0
+
+
+def _failed(console, exc: BaseException) -> int:
+    if console is None:
+        raise exc
+    log.error("the run failed", exc_info=(type(exc), exc, exc.__traceback__))  # into train.log
+    console.failure(exc)
+    console.stop()
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    code = getattr(exc, "code", None) if isinstance(exc, SystemExit) else None
+    return code if isinstance(code, int) and code > 0 else 1
 
 
 if __name__ == "__main__":
