@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 import megatron_ranks as mr
+from compare import diff
 
 
 def _load_through_megatron(hf_dir: str, mg_dir: str, tp: int, pp: int, vpp: int | None) -> tuple[list, dict[str, Any]]:
@@ -66,7 +67,7 @@ def load_and_compare(rank: int, world_size: int, hf_dirs: dict[str, str], cases:
         ref = mr.reference(hf_dir, batch, "ce")
         outs = mr.run_schedule(chunks, batch, forward_only=True)
         if mr._is_last_stage():
-            report["logits_diff"] = mr._max_abs(torch.cat([mr._gather_tp(o) for o in outs]), ref["logits"])
+            report["logits_diff"] = diff(f"{name} logits", torch.cat([mr._gather_tp(o) for o in outs]), ref["logits"])
         report["seconds"] = time.monotonic() - t0
         out[name] = report
     return out

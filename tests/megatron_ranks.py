@@ -16,10 +16,12 @@ rank, so each check returns plain numbers.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from compare import Diff, diff, worst
 
 #: batch: 4 sequences of SEQ tokens in 4 micro-batches (the interleaved schedule needs >= PP of them).
 SEQ, BATCH, MICRO = 8, 4, 1
@@ -396,9 +398,38 @@ LAYOUTS: dict[str, tuple[int, int, int | None]] = {
 LAYOUT_OVERRIDES: dict[str, dict[str, Any]] = {"pp4vpp2": {"variable_seq_lengths": False}}
 
 
-def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a.float() - b.float()).abs().max().item()
+#: Gradient groups reported separately (besides "all"): the parameters Pangu adds or lays out
+#: differently, so a failure names which one.
+GRAD_GROUPS = {"o_proj_bias": ".linear_proj.bias", "qkv_bias": ".linear_qkv.bias", "lm_head": "output_layer.weight"}
+
+
+def grad_group_diffs(pairs: Iterable[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, Diff]:
+    """``(name, Megatron grad, expected grad)`` -> per group (and ``"all"``) the worst comparison
+    of its parameters. Aggregated with :func:`compare.worst`: one NaN gradient makes its groups
+    non-finite (a running ``max(0.0, d)`` drops it: ``max(0.0, nan)`` is 0.0)."""
+    per: dict[str, list[Diff]] = {}
+    for name, got, want in pairs:
+        d = diff(f"grad {name}", got, want)
+        per.setdefault("all", []).append(d)
+        for group, suffix in GRAD_GROUPS.items():
+            if name.endswith(suffix):
+                per.setdefault(group, []).append(d)
+    return {group: worst(ds, name=f"grad[{group}]") for group, ds in per.items()}
+
+
+def worst_reported(ranks: list[dict], check: str, key: str) -> Diff:
+    """``ranks[*][check][key]`` (a :class:`compare.Diff` from every rank that reports it) as one,
+    NaN-safe, the rank named in the report."""
+    found = [(i, r[check][key]) for i, r in enumerate(ranks) if key in r[check]]
+    assert found, f"no rank reported {check}.{key}"
+    return worst([d.labelled(f"rank {i}") for i, d in found], name=f"{check}.{key}")
+
+
+def worst_grad(ranks: list[dict], check: str, group: str) -> Diff:
+    """The worst gradient comparison of ``group`` over every rank that holds one."""
+    found = [(i, r[check]["grad_diff"][group]) for i, r in enumerate(ranks) if group in r[check]["grad_diff"]]
+    assert found, f"no rank holds a {group} parameter in {check}"
+    return worst([d.labelled(f"rank {i}") for i, d in found], name=f"{check}.grad[{group}]")
 
 
 def _is_last_stage() -> bool:
@@ -413,30 +444,25 @@ def _gather_tp(t: torch.Tensor) -> torch.Tensor:
     return tensor_parallel.gather_from_tensor_model_parallel_region(t)
 
 
-def _grad_diffs(chunks, hf_grads: dict[str, torch.Tensor], ckpt_dir: str, skip: tuple[str, ...] = ()) -> dict[str, float]:
-    """Max |Megatron grad - HF grad| per parameter group, the HF grads mapped to this rank's
-    shards by the same layout table (so TP splits, QKV grouping and the replicated o_proj
-    bias are all part of what is checked)."""
+def _grad_diffs(chunks, hf_grads: dict[str, torch.Tensor], ckpt_dir: str, skip: tuple[str, ...] = ()) -> dict[str, Diff]:
+    """Megatron grad vs HF grad per parameter group (:func:`grad_group_diffs`), the HF grads
+    mapped to this rank's shards by the same layout table (so TP splits, QKV grouping and the
+    replicated o_proj bias are all part of what is checked)."""
     from megatron.core import parallel_state as ps
 
     from rlinf_pangu.layout import PanguDims, hf_to_megatron_shard
 
     dims = PanguDims.from_hf_config(hf_model(ckpt_dir).config)
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    groups = {"o_proj_bias": ".linear_proj.bias", "qkv_bias": ".linear_qkv.bias", "lm_head": "output_layer.weight"}
-    out: dict[str, float] = {}
+    pairs = []
     for chunk in chunks:
         expected = hf_to_megatron_shard(hf_grads, dims, tp_rank, tp, chunk_layers(chunk), first=chunk.pre_process, last=chunk.post_process)
         for name, p in chunk.named_parameters():
             if name in skip:
                 continue
             assert p.grad is not None, f"no grad for {name}"
-            d = _max_abs(p.grad, expected[name])
-            out["all"] = max(out.get("all", 0.0), d)
-            for group, suffix in groups.items():
-                if name.endswith(suffix):
-                    out[group] = max(out.get(group, 0.0), d)
-    return out
+            pairs.append((f"[global layers {chunk_layers(chunk)}] {name}", p.grad, expected[name]))
+    return grad_group_diffs(pairs)
 
 
 def check_layout(ckpt_dir: str, name: str, batch) -> dict[str, Any]:
@@ -451,7 +477,7 @@ def check_layout(ckpt_dir: str, name: str, batch) -> dict[str, Any]:
 
     outs = run_schedule(chunks, batch, forward_only=True)
     if _is_last_stage():
-        res["logits_diff"] = _max_abs(torch.cat([_gather_tp(o) for o in outs]), ref["logits"])
+        res["logits_diff"] = diff("logits", torch.cat([_gather_tp(o) for o in outs]), ref["logits"])
 
     def ce(logits, mb, i):
         from megatron.core import tensor_parallel
@@ -460,7 +486,7 @@ def check_layout(ckpt_dir: str, name: str, batch) -> dict[str, Any]:
 
     losses = run_schedule(chunks, batch, forward_only=False, loss_fn=ce)
     if _is_last_stage():
-        res["loss_diff"] = abs(sum(l["loss"].item() for l in losses) / len(losses) - ref["loss"])
+        res["loss_diff"] = diff("ce loss", torch.tensor(sum(l["loss"].item() for l in losses) / len(losses)), torch.tensor(ref["loss"]))
     res["grad_diff"] = _grad_diffs(chunks, ref["grads"], ckpt_dir)
 
     if name == "tp1":  # why get_specs is patched: upstream's, with process groups up, and no TE
@@ -475,7 +501,7 @@ def check_layout(ckpt_dir: str, name: str, batch) -> dict[str, Any]:
     if name == "tp2":  # negative control: the same check with the un-grouped QKV layout
         load_hf_weights(chunks, ckpt_dir, qkv_layout="ungrouped")
         outs = run_schedule(chunks, batch, forward_only=True)
-        res["ungrouped_logits_diff"] = _max_abs(torch.cat([_gather_tp(o) for o in outs]), ref["logits"])
+        res["ungrouped_logits_diff"] = diff("logits (ungrouped qkv)", torch.cat([_gather_tp(o) for o in outs]), ref["logits"])
     return res
 
 
@@ -501,6 +527,7 @@ def check_grpo(ckpt_dir: str, batch) -> dict[str, Any]:
     if _is_last_stage():
         res["loss"] = sum(l["loss"].item() for l in losses) / len(losses)
         res["hf_loss"] = ref["loss"]
+        res["loss_diff"] = diff("loss", torch.tensor(res["loss"]), torch.tensor(ref["loss"]))
     return res
 
 
@@ -522,7 +549,7 @@ def check_critic(ckpt_dir: str, batch) -> dict[str, Any]:
     if _is_last_stage():
         values = torch.cat(outs)  # [BATCH, SEQ, 1]: one value per token, replicated over TP
         res["values_shape"] = tuple(values.shape)
-        res["values_diff"] = _max_abs(values[..., 0], ref["values"])
+        res["values_diff"] = diff("values", values[..., 0], ref["values"])
 
     def value_loss(out, mb, i):
         v = out[..., 0][:, -RESP - 1 : -1]
@@ -533,7 +560,8 @@ def check_critic(ckpt_dir: str, batch) -> dict[str, Any]:
     if _is_last_stage():
         res["loss"] = sum(l["loss"].item() for l in losses) / len(losses)
         res["hf_loss"] = ref["loss"]
-        res["value_head_grad_diff"] = _max_abs(chunks[-1].output_layer.weight.grad, ref["head_grad"])
+        res["loss_diff"] = diff("loss", torch.tensor(res["loss"]), torch.tensor(ref["loss"]))
+        res["value_head_grad_diff"] = diff("value head grad", chunks[-1].output_layer.weight.grad, ref["head_grad"])
     return res
 
 
