@@ -3,19 +3,31 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast test-slow bench wheelhouse clean
+.PHONY: setup demo test test-fast test-slow test-gpu bench wheelhouse clean
 
 setup:
 	@bash scripts/setup.sh
 
+# ARGS: key=value overrides, e.g. make demo ARGS="pangu.make_checkpoint.seed=1" (another random model),
+# or ARGS=--verbose (what Ray, SGLang and Megatron print, on the console too; always in the run's train.log).
 demo: setup
-	$(PY) -m rlinf.train --config examples/math/pangu-tiny-grpo-megatron-cpu.yaml
+	$(PY) -m rlinf.train --config examples/math/pangu-tiny-grpo-megatron-cpu.yaml $(ARGS)
 
 test: setup
 	$(PY) -m pytest -ra
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
+
+# The GPU tests: `pytest -m gpu` (each skips cleanly without the GPUs it needs: one for
+# test_colocated_sync_gpu.py and test_sync_gpu.py, two for test_sync_multigpu.py). Their figures go to
+# $(GPU_OUT) as JSON (colocated_sync.json, post_sync_parity_cuda.json, sync_multigpu.json) with the
+# log beside them; keep that folder under docs/runs/<run>/. The GPU host has no .venv: python3 there.
+GPU_OUT ?= runs/gpu-tests
+GPU_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+test-gpu:
+	mkdir -p $(GPU_OUT)
+	RLINF_PANGU_GPU_OUT=$(abspath $(GPU_OUT)) bash -o pipefail -c '$(GPU_PY) -m pytest -m gpu -v -s -ra 2>&1 | tee $(GPU_OUT)/pytest_gpu.log'
 
 wheelhouse: setup
 	$(PY) scripts/build_wheelhouse.py --out .wheelhouse

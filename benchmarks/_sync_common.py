@@ -22,6 +22,10 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# The numerical checks' helpers live with the tests (tests/compare.py, sync_testlib's post-sync
+# judge and tests/independent_layout.py): a benchmark's verdict is the tests' verdict.
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(1, str(REPO / "tests"))
 
 # SGLang's GPU runtime (tvm-ffi) must not use torch's C DLPack exchange on this stack.
 os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
@@ -198,15 +202,22 @@ def build_megatron(hf_cfg, dtype: torch.dtype, device: str, hf_state: dict[str, 
 TRANSFORMS = ("pangu", "pangu-tensors", "rlinf")
 
 
-def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "pangu", **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
+def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "pangu", source: "Tp2Source | None" = None,
+                       **reshard_kw: Any) -> Iterator[dict[str, torch.Tensor]]:
     """RLinf's sync on this process: divide_model_to_bucket, then gather_and_reshard_model
     (reshard + Pangu's convertor) per bucket, yielding what RLinf would send.
 
     ``"pangu"`` is what Pangu ships: the splits as views, each tensor copied once into one packed
-    buffer per bucket (``rlinf_pangu.packed_bucket``; SGLang's Pangu class unpacks it).
+    buffer per bucket (``rlinf_pangu.packed_bucket``; SGLang's Pangu class unpacks it), behind the
+    TP reshard that does not copy (the pairing the actor's rollout-sync setup makes).
     ``"pangu-tensors"``: the same copy into a new tensor per HF name (one CUDA IPC handle each).
     ``"rlinf"`` is the comparison point: the same rules executed by RLinf's own ``TransformFunc``s
     (``BaseConvertor.convert``) behind the copying TP reshard, i.e. a tensor copied two or three times.
+    Each convertor is built explicitly, so the variant does not depend on the registry's default.
+
+    ``source``: a TP2-sharded actor on this one GPU (:class:`Tp2Source`, whose rank-0 shards are
+    bucketed as RLinf buckets a TP2 rank's model, ``tc`` at TP 2); its TP gather is
+    :func:`local_tp_gather`, the same copies as the all-gather, without a second GPU.
     """
     import functools
 
@@ -217,20 +228,113 @@ def rlinf_sync_buckets(model, tc, rollout_tp: int = 1, transforms: str = "pangu"
     from resharding.convertor import PanguConvertor
     from resharding.reshard import tp_reshard_fn_pangu
 
-    holder: dict[str, Any] = {}
-    if transforms == "rlinf":
-        reshard_kw["convert_fn"] = lambda sd: BaseConvertor.convert(holder["convertor"], sd)
-    elif transforms == "pangu-tensors":
-        reshard_kw["convert_fn"] = lambda sd: holder["convertor"].convert(sd)
-        reshard_kw["tp_reshard_fn"] = functools.partial(tp_reshard_fn_pangu, copy=False)
-    elif transforms != "pangu":
+    if transforms not in TRANSFORMS:
         raise ValueError(f"transforms must be one of {TRANSFORMS}, not {transforms!r}")
-    reshard = MegatronCoreWeightReshard(
-        ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **reshard_kw)
-    )
-    holder["convertor"] = PanguConvertor(reshard.config, strict=True, packed=transforms == "pangu")
-    for bucket in reshard.divide_model_to_bucket([model]):
+    copy = transforms == "rlinf"  # RLinf's own reshard copies; Pangu's convertor makes the one copy
+    if source is None:
+        reshard_kw["tp_reshard_fn"] = functools.partial(tp_reshard_fn_pangu, copy=copy)
+    else:
+        reshard_kw["tp_reshard_fn"] = functools.partial(local_tp_gather, peer=source.peer, copy=copy)
+    holder: dict[str, Any] = {}
+    reshard_kw["convert_fn"] = lambda sd: holder["convert"](sd)
+    cfg = ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=rollout_tp, **reshard_kw)
+    reshard = MegatronCoreWeightReshard(cfg)
+    if source is not None:  # the one "TP subgroup" of a TP2 source on a world of one process
+        reshard.tp_subgroups.setdefault(tuple(range(reshard.merge_factor)), None)
+    convertor = PanguConvertor(cfg, strict=True, packed=transforms == "pangu")
+    holder["convert"] = functools.partial(BaseConvertor.convert, convertor) if transforms == "rlinf" else convertor.convert
+    for bucket in reshard.divide_model_to_bucket([model if source is None else source]):
         yield reshard.gather_and_reshard_model(bucket, 0)
+
+
+class Tp2Source:
+    """A TP2 actor's weights as RLinf's reshard receives them, both shards resident on one GPU.
+
+    RLinf's sync on a TP2 actor buckets each rank's own shards and all-gathers every split tensor
+    over the two ranks before the convertor. Here both ranks' shards are copies on the one GPU:
+    rank 0's are what RLinf buckets (:meth:`state_dict`), rank 1's are what the gather fetches
+    (``peer``); replicated tensors (norms, the o_proj bias) are the model's own, as each rank holds
+    them. :meth:`refresh` re-splits after the weights change (before each timed round, untimed).
+    """
+
+    def __init__(self, model, tc):
+        import copy
+
+        self.model = model
+        self.tc = copy.copy(tc)
+        self.tc.tensor_model_parallel_size = 2
+        self.shards: list[dict[str, torch.Tensor]] = [{}, {}]
+        self.refresh()
+
+    def refresh(self) -> None:
+        from rlinf_pangu.layout import mapping_for_megatron_name, split_tp
+
+        with torch.no_grad():
+            for name, t in self.model.state_dict().items():
+                if "_extra_state" in name:
+                    continue
+                if mapping_for_megatron_name(name)[0].tp_dim is None:
+                    self.shards[0][name] = self.shards[1][name] = t
+                    continue
+                for r, part in enumerate(split_tp(name, t, 2)):
+                    held = self.shards[r].get(name)
+                    if held is None:
+                        self.shards[r][name] = part.contiguous().clone()
+                    else:
+                        held.copy_(part)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shards[0])
+
+    @property
+    def peer(self) -> dict[str, torch.Tensor]:
+        return self.shards[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for r in (0, 1) for n, t in self.shards[r].items()
+                   if r == 0 or t is not self.shards[0][n])
+
+
+def local_tp_gather(state: dict[str, torch.Tensor], merge_factor: int, tp_group, *, peer: dict[str, torch.Tensor],
+                    copy: bool) -> dict[str, torch.Tensor]:
+    """``resharding.reshard.tp_reshard_fn_pangu`` for a :class:`Tp2Source` to rollout TP 1, with the
+    same copies: a split tensor is gathered into one new buffer (the all-gather's output; along dim
+    1 then one more copy, as ``_gather_cat`` transposes), a replicated one is passed on (cloned
+    when ``copy``, as RLinf's copying reshard does)."""
+    from rlinf_pangu.layout import mapping_for_megatron_name
+
+    assert merge_factor == 2, merge_factor
+    out: dict[str, torch.Tensor] = {}
+    for name, mine in state.items():
+        dim = mapping_for_megatron_name(name)[0].tp_dim
+        if dim is None:
+            out[name] = mine.clone() if copy else mine
+            continue
+        src = mine.contiguous()
+        buf = torch.empty((2 * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
+        buf[: src.shape[0]].copy_(src)
+        buf[src.shape[0]:].copy_(peer[name])
+        out[name] = buf if dim == 0 else torch.cat(buf.chunk(2, 0), dim)
+    return out
+
+
+def fingerprint(buckets: Iterator[dict[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
+    """Per HF tensor (packed buckets unpacked): (element count, an exact integer checksum of its
+    bits), to compare two syncs of a 7B without holding either."""
+    from rlinf_pangu.packed_bucket import expand
+
+    out: dict[str, tuple[int, int]] = {}
+    for bucket in buckets:
+        for name, t in expand(bucket.items()):
+            bits = t.contiguous().view(-1).view(torch.uint8)
+            total, chunk = 0, 2**26
+            for start in range(0, bits.numel(), chunk):
+                part = bits[start : start + chunk].to(torch.int64)
+                weights = torch.arange(start, start + part.numel(), device=part.device, dtype=torch.int64) % 65521 + 1
+                total += int((part * weights).sum())
+            out[name] = (t.numel(), total)
+        del bucket
+    return out
 
 
 def megatron_logprobs(model, seqs: list[list[int]], device: str, fp32_lm_head: bool = False) -> list[torch.Tensor]:
@@ -279,10 +383,35 @@ def adam_step(model, seqs: list[list[int]], lr: float, device: str) -> float:
     return total
 
 
-def mean_exp_abs(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
-    """(mean exp(|dlogp|), max |dlogp|) over all tokens."""
-    d = torch.cat([(x - y).abs() for x, y in zip(a, b)])
-    return float(d.exp().mean()), float(d.max())
+def logprob_gap(name: str, a: list[torch.Tensor], b: list[torch.Tensor]):
+    """``a`` against ``b`` per token (:func:`compare.logprob_gap`: worst token, mean, mean exp|d|;
+    a non-finite log-prob makes it non-finite)."""
+    from compare import logprob_gap as gap
+
+    return gap(name, list(a), list(b))
+
+
+def push_reference(eng, model, hf_cfg, device: str, per_call_bytes: int = 2**30) -> None:
+    """The actor's current weights into SGLang by a path that shares nothing with the sync: the
+    HF tensors of tests/independent_layout.py (merged element by element from the Megatron state),
+    pushed by HF name a few layers at a time (a 7B's second copy never sits whole on the GPU)."""
+    import independent_layout as I
+
+    from rlinf_pangu.sglang_ext.weight_sync import LOADER
+
+    shape = I.Shape.of(hf_cfg.to_dict())
+    state = {k: v.detach() for k, v in model.state_dict().items() if "_extra_state" not in k}
+    groups: list[dict[str, torch.Tensor]] = [{k: v for k, v in state.items() if not k.startswith("decoder.layers.")}]
+    for i in range(shape.layers):
+        prefix = f"decoder.layers.{i}."
+        groups.append({"decoder.layers.0." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    pending: dict[str, torch.Tensor] = {}
+    for gi, group in enumerate(groups):
+        pending.update(I.megatron_to_hf([group], shape, layer_offset=gi - 1))
+        last = gi == len(groups) - 1
+        if last or sum(t.numel() * t.element_size() for t in pending.values()) >= per_call_bytes:
+            _update(eng, {k: v.to(device) for k, v in pending.items()}, LOADER, flush=last)
+            pending = {}
 
 
 def random_tokens(n_seqs: int, length: int, vocab: int, seed: int) -> list[list[int]]:

@@ -9,13 +9,100 @@ model class and parallel state.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
+from compare import Diff, check_against_floor, logprob_gap
+
 #: Sync buckets hold this many decoder layers' bytes (RLinf counts only ``decoder.layers``
 #: bytes): 1.5 puts the first bucket boundary inside the second layer of each stage.
 BUCKET_LAYERS = 1.5
+
+
+# --------------------------------------------------------------------------------------
+# The post-sync judge (GPU tests and benchmarks): SGLang's log-probs against the actor's recompute
+# --------------------------------------------------------------------------------------
+
+#: SGLang serves bf16 (its CUDA RMSNorm has no fp32 kernel), so its log-probs never equal the
+#: actor's: the *floor* is that gap with the right weights, measured in the same run on the same
+#: (post-step) weights, loaded into SGLang by a path that shares nothing with the sync (the HF
+#: tensors from tests/independent_layout.py, pushed by name). After the sync SGLang holds the same
+#: bf16 values as after that load, so after and floor should be equal (the CPU dry runs measure
+#: exactly 0 between them; ``sync_vs_floor`` records it on the GPU). The margins are headroom for
+#: kernel nondeterminism, sized from the spread measured between the old pre-step floor and a
+#: correct post-step sync, i.e. on *different* weights (docs/runs):
+#:   tiny, TP2/TP1, 23 tokens (gpu-h100x2-2026-11-28, repeated on H200 in gpu-2026-11-28-packed):
+#:     mean exp|d| floor 1.0107/1.0107, after 1.0099/1.0090 -> spread <= 0.0017;
+#:     worst token floor 0.035/0.027, after 0.028/0.022 -> spread <= 0.008;
+#:   1B-shaped 8 layers and 7B-shaped 8 layers, fp32 LM head (gpu-h100-2026-11-24, -27): mean exp
+#:     floor 1.0162/1.0120 vs after 1.0091/1.0060, worst 0.078/0.063 vs 0.039/0.026: the pre-step
+#:     floor sat *above* the sync (not the same comparison), which is why it is measured after the step.
+#: One token 0.5 nats off among 24 adds 0.027 to mean exp|d| and ~0.5 to the worst: both fail.
+#: Revisit from the first run's same-weights figures (colocated_sync.json, sync_multigpu.json).
+POST_SYNC_MEAN_EXP_MARGIN = 2e-3
+POST_SYNC_WORST_MARGIN = 0.02
+#: The floor itself must look like bf16 noise, or a mistake shared by the floor's load and the
+#: sync (SGLang's loader) would pass: measured floors mean exp|d| 1.0107-1.0163, worst 0.027-0.078
+#: (tiny and 1B, fp32 LM head), and the GRPO runs' rollout-vs-recompute gap max <= 0.18 per step
+#: (gpu-h100-2026-11-27); a broken load gives 3-5 in mean exp|d|.
+FLOOR_CEILING = (1.05, 0.25)
+#: The same with bf16 logits (no fp32 LM head: logits quantised to ~2**-8 of their size), the 7B
+#: sync benchmark's check: measured mean exp|d| 1.094-1.135, worst token 0.31-0.47 (4 runs,
+#: docs/runs/gpu-h100x2-2026-11-28, gpu-2026-11-28-packed).
+FLOOR_CEILING_BF16_LOGITS = (1.2, 0.8)
+
+
+def judge_post_sync(after: Diff, floor: Diff, ceiling: tuple[float, float] | None = FLOOR_CEILING) -> list[str]:
+    """Problems (empty: passed) of SGLang's log-probs after the sync against the actor's, judged
+    on the mean and on the worst token against the floor on the same weights."""
+    return check_against_floor(after, floor, POST_SYNC_MEAN_EXP_MARGIN, POST_SYNC_WORST_MARGIN, ceiling)
+
+
+def judge_same_weights(sync_vs_floor: Diff) -> list[str]:
+    """SGLang after the sync against SGLang after the independent load of the same weights (same
+    kernels, same bf16 values): any token apart by more than the worst-token margin is a sync error."""
+    if not sync_vs_floor.finite:
+        return [f"non-finite: {sync_vs_floor}"]
+    if not sync_vs_floor.max_abs <= POST_SYNC_WORST_MARGIN:
+        return [f"SGLang after the sync differs from SGLang on the same weights loaded independently: {sync_vs_floor}"]
+    return []
+
+
+def judge_control(control: Diff, floor: Diff, what: str) -> list[str]:
+    """A negative control (stale weights, swapped shards) must land far outside what the judge
+    accepts, or the check is blind: 10x the accepted mean excess and 10x the worst-token margin."""
+    if not control.finite or not floor.finite:
+        return [f"{what}: non-finite ({control} / {floor})"]
+    problems = []
+    if not control.mean_exp - 1 > 10 * (floor.mean_exp - 1 + POST_SYNC_MEAN_EXP_MARGIN):
+        problems.append(f"{what} is too close to the floor in mean exp|d|: {control} vs {floor}")
+    if not control.max_abs > floor.max_abs + 10 * POST_SYNC_WORST_MARGIN:
+        problems.append(f"{what} is too close to the floor in its worst token: {control} vs {floor}")
+    return problems
+
+
+def record_gpu_result(name: str, result: dict) -> Path | None:
+    """Write a GPU test's figures as ``$RLINF_PANGU_GPU_OUT/<name>.json`` (with the device and the
+    imported versions) when that variable is set, so the run can be kept under docs/runs/."""
+    out = os.environ.get("RLINF_PANGU_GPU_OUT")
+    if not out:
+        return None
+    return _bench_common().write_result(out, name, result)
+
+
+def _bench_common():
+    """benchmarks/_sync_common.py (the GPU engine settings and the reporting the benchmarks use)."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import _sync_common
+
+    return _sync_common
+
 
 
 # --------------------------------------------------------------------------------------
@@ -112,9 +199,9 @@ def gloo_reshard_subgroups() -> None:
     ps.create_group = create_group
 
 
-def build_megatron(ckpt: str, tp: int, pp: int, device: str = "cpu"):
-    """A Pangu GPTModel stage (fp32, local spec) holding this rank's shard of the HF checkpoint,
-    on ``device`` (a GPU rank's own GPU: "cuda")."""
+def build_megatron(ckpt: str, tp: int, pp: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A Pangu GPTModel stage (local spec, ``dtype``: fp32, or bf16 as the GPU examples' actor)
+    holding this rank's shard of the HF checkpoint, on ``device`` (a GPU rank's own GPU: "cuda")."""
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
     from megatron.core.models.gpt import GPTModel
@@ -126,7 +213,7 @@ def build_megatron(ckpt: str, tp: int, pp: int, device: str = "cpu"):
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     cfg = hf_config(ckpt)
-    tc = pangu_transformer_config(cfg, tp=tp, pp=pp, dtype=torch.float32, use_cpu_initialization=True)
+    tc = pangu_transformer_config(cfg, tp=tp, pp=pp, dtype=dtype, use_cpu_initialization=True)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
     model = GPTModel(
         config=tc,
@@ -465,11 +552,6 @@ def _gpu_engine(ckpt: str, tp: int):
         os.environ.update(rank_env)
 
 
-def _gap(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    d = (a - b).abs()
-    return {"max": float(d.max()), "mean_exp": float(d.exp().mean())}
-
-
 def _engine_logprobs(eng, seq: list[int]) -> torch.Tensor:
     out = eng.generate(input_ids=[seq], sampling_params={"max_new_tokens": 1, "temperature": 0},
                        return_logprob=True, logprob_start_len=0)[0]
@@ -501,34 +583,56 @@ def _push_per_rank(eng, buckets: list[dict[str, torch.Tensor]], rank: int, world
 ROW_PARALLEL = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
+def post_step_hf(model, cfg) -> dict[str, torch.Tensor]:
+    """The actor's current weights as HF tensors (on the CPU), every TP rank's shards gathered and
+    merged by tests/independent_layout.py: nothing of the sync (RLinf's reshard, the convertor,
+    packing) is on this path, so SGLang loading these is the floor's reference load."""
+    import torch.distributed as dist
+
+    import independent_layout as I
+
+    mine = {k: v.detach().cpu() for k, v in model.state_dict().items() if "_extra_state" not in k}
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    every = [None] * world
+    if world > 1:
+        dist.all_gather_object(every, mine)
+    else:
+        every = [mine]
+    return I.megatron_to_hf(every, I.Shape.of(cfg.to_dict()))
+
+
 def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int], seq: list[int]) -> dict:
     """Megatron TP2 (fp32, one GPU per rank) takes an optimizer step and syncs through RLinf's own
     reshard (NCCL) to a real bf16 SGLang engine at rollout TP 2, then TP 1; rank 0 compares
-    SGLang's logprobs of ``seq`` with Megatron's recomputed ones.
+    SGLang's logprobs of ``seq`` with Megatron's recomputed ones (:func:`compare.logprob_gap`).
 
-    Per engine, from the same run: ``floor`` (the engine's checkpoint weights against Megatron
-    before the step: bf16 kernels alone), ``stale`` (the engine before the sync against Megatron
-    after the step), at TP 2 ``swapped`` (each SGLang rank given the other actor rank's o_proj and down_proj),
-    and ``after`` (the sync done right)."""
+    Per engine, from the same run: ``stale`` (the engine before the sync, still on the checkpoint's
+    weights, against Megatron after the step), at TP 2 ``swapped`` (each SGLang rank given the other
+    actor rank's o_proj and down_proj), ``after`` (the sync done right), then ``floor`` (the same
+    post-step weights given to SGLang by :func:`post_step_hf`, each SGLang rank its own cut:
+    bf16 kernels alone, on the weights ``after`` is judged on) and ``sync_vs_floor`` (SGLang against
+    itself across the two loads). ``floor_pre_step`` (the checkpoint's weights against Megatron
+    before the step) is what earlier runs called the floor, kept for comparison."""
     import torch.distributed as dist
 
     import rlinf_pangu
 
     rlinf_pangu.register()
-    model, tc, _ = build_megatron(ckpt, 2, 1, "cuda")
+    model, tc, cfg = build_megatron(ckpt, 2, 1, "cuda")
     capacity = int(layer_bytes(model) * BUCKET_LAYERS)
     before = megatron_logprobs(model, seq).double()
     optimizer_step(model, step_tokens)
     want = megatron_logprobs(model, seq).double()
+    reference = post_step_hf(model, cfg)
     out: dict = {"rank": rank}
     for rollout_tp in (2, 1):
         eng = _gpu_engine(ckpt, rollout_tp) if rank == 0 else None
         dist.barrier()
         _, buckets = run_sync(model, tc, rollout_tp, capacity)
-        report: dict = {"n_buckets": len(buckets)}
+        report: dict = {"n_buckets": len(buckets), "tokens": len(seq) - 1}
         if rank == 0:
             served = _engine_logprobs(eng, seq)
-            report.update(floor=_gap(served, before), stale=_gap(served, want))
+            report.update(floor_pre_step=logprob_gap("floor_pre_step", served, before), stale=logprob_gap("stale", served, want))
         if rollout_tp == 2:
             # One engine call carries every SGLang rank's handle under one name, but each rank's
             # packed key names its own vocabulary rows (SGLang's shards differ by a few rows), so
@@ -538,12 +642,188 @@ def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int],
             # just moves whole heads/MLP columns to the other GPU, which sums to the same output.
             _push_per_rank(eng, buckets, rank, world, lambda r, name: 1 - r if name.endswith(ROW_PARALLEL) else r)
             if rank == 0:
-                report["swapped"] = _gap(_engine_logprobs(eng, seq), want)
+                report["swapped"] = logprob_gap("swapped", _engine_logprobs(eng, seq), want)
         # rollout TP 1: every actor rank holds the whole model, packed; RLinf sends rank 0's
-        _push_per_rank(eng, buckets, rank, world, (lambda r, name: r) if rollout_tp == 2 else (lambda r, name: 0))
+        owner = (lambda r, name: r) if rollout_tp == 2 else (lambda r, name: 0)
+        _push_per_rank(eng, buckets, rank, world, owner)
         if rank == 0:
-            report["after"] = _gap(_engine_logprobs(eng, seq), want)
+            after = _engine_logprobs(eng, seq)
+            report["after"] = logprob_gap("after", after, want)
+        # the floor: the same post-step weights by the independent path, this rank's SGLang cut
+        cut = {k: v.to("cuda") for k, v in rollout_reference(reference, cfg, rollout_tp, rollout_rank_of(2, rollout_tp)).items()}
+        _push_per_rank(eng, [cut], rank, world, owner)
+        del cut
+        if rank == 0:
+            floor = _engine_logprobs(eng, seq)
+            report.update(floor=logprob_gap("floor", floor, want), sync_vs_floor=logprob_gap("sync_vs_floor", after, floor))
             eng.shutdown()
         dist.barrier()
         out[f"rollout_tp{rollout_tp}"] = report
     return out
+
+
+# --------------------------------------------------------------------------------------
+# One GPU, colocated exactly as the GPU examples run it
+# --------------------------------------------------------------------------------------
+
+#: The GPU example the colocated test follows (one GPU, actor + rollout + sync colocated).
+COLOCATED_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "math" / "pangu-tiny-grpo-megatron.yaml"
+
+
+def example_config(model_path: str | Path, example: Path = COLOCATED_EXAMPLE):
+    """The example's composed config (the project's own hydra composition), on ``model_path``."""
+    from rlinf_pangu import config as pc
+
+    return pc.compose(example, [f"rollout.model.model_path={model_path}"])
+
+
+def rollout_engine_kwargs(cfg) -> dict:
+    """The ``sgl.Engine`` arguments RLinf's ``SGLangWorker._init_engine`` derives from the rollout
+    config for the Megatron backend's ``sync`` weight reload, restated here: CUDA graphs unless
+    ``enforce_eager``, and then SGLang's memory saver on (RLinf ties the two), random ("dummy")
+    start weights, the YAML's memory fraction, attention backend and batch limits. Plus what a
+    plain engine needs to take RLinf's buckets: the project's loader, which does the two model-side
+    steps RLinf's scheduler does (presharded flags, ``load_weights``)."""
+    from rlinf_pangu.sglang_ext.weight_sync import LOADER
+
+    r = cfg.rollout
+    cuda_graphs = not r.enforce_eager
+    return {
+        "model_path": str(r.model.model_path),
+        "disable_cuda_graph": not cuda_graphs,
+        "cuda_graph_max_bs": min(r.cuda_graph_max_bs, r.max_running_requests),
+        "tp_size": r.tensor_parallel_size,
+        "mem_fraction_static": r.gpu_memory_utilization,
+        "enable_memory_saver": cuda_graphs,
+        "enable_torch_compile": r.sglang.use_torch_compile,
+        "load_format": "dummy",
+        "dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[str(r.model.precision)],
+        "skip_tokenizer_init": not r.detokenize,
+        "attention_backend": r.sglang.attention_backend,
+        "max_running_requests": r.max_running_requests,
+        "log_level": "warning",
+        "random_seed": 0,
+        "custom_weight_loader": [LOADER],
+    }
+
+
+def start_rollout_engine(kwargs: dict):
+    """``Engine(**dataclasses.asdict(ServerArgs(**kwargs)))``, RLinf's own call, through the
+    project's patch of it (RLinf's ``cuda_graph_max_bs`` is sglang 0.5.17's ``cuda_graph_max_bs_decode``)."""
+    import dataclasses
+
+    import sglang as sgl
+    from sglang.srt.server_args import ServerArgs
+
+    from rlinf_pangu.patches.rlinf import make_server_args_factory
+
+    return sgl.Engine(**dataclasses.asdict(make_server_args_factory(ServerArgs)(**dict(kwargs))))
+
+
+def actor_reshard(cfg, tc):
+    """RLinf's ``MegatronCoreWeightReshard`` as the actor has it after ``init_worker_customize``
+    with the project's rollout-sync setup (patch ``rlinf.MegatronActor:rollout-sync-setup``): the
+    YAML's bucket capacity, and packed buckets exactly when the rollout reads them."""
+    from types import SimpleNamespace
+
+    from rlinf.utils.resharding.mcore_weight_reshard import MegatronCoreWeightReshard
+    from rlinf.utils.resharding.reshard_config import ReshardConfig
+
+    from rlinf_pangu.patches.rlinf import make_rollout_sync_setup
+
+    actor = SimpleNamespace(cfg=cfg)
+
+    def init_worker_customize(self):
+        rc = ReshardConfig(model_type="pangu", model_config=tc, reshard_tp_size=cfg.rollout.tensor_parallel_size)
+        self.rollout_weights_reshard = MegatronCoreWeightReshard(rc)
+
+    make_rollout_sync_setup(init_worker_customize)(actor)
+    return actor.rollout_weights_reshard
+
+
+def colocated_sync(eng, reshard, model) -> dict:
+    """One colocated hand-over as RLinf runs it: the rollout resumes its memory (RLinf's scheduler
+    does, inside ``sync_hf_weight``, when the weights are offloaded), each bucket of RLinf's reshard
+    goes over as CUDA IPC handles on the same GPU (SGLang's serializer pickles a CUDA tensor through
+    torch's ``reduce_tensor``, the call RLinf's actor makes), the radix cache is flushed with the last."""
+    from rlinf_pangu.sglang_ext.weight_sync import LOADER
+
+    eng.resume_memory_occupation()
+    buckets = reshard.divide_model_to_bucket([model])
+    packed = []
+    for i, bucket in enumerate(buckets):
+        out = reshard.gather_and_reshard_model(bucket, 0)
+        packed.append(is_one_packed_buffer(out))
+        _bench_common()._update(eng, out, LOADER, flush=i == len(buckets) - 1)
+        del out
+    return {"buckets": len(buckets), "packed": all(packed)}
+
+
+#: CPU dry run of :func:`colocated_rank` (its logic, not CUDA): SGLang's CPU settings, no memory
+#: saver (torch_memory_saver hooks CUDA allocations; release/resume are then no-ops) and no CUDA
+#: graphs; fp32 (this host has no bf16 instructions). Never used with a GPU.
+CPU_DRY_RUN_ENGINE = {"device": "cpu", "attention_backend": "torch_native", "sampling_backend": "pytorch",
+                      "disable_cuda_graph": True, "enable_memory_saver": False, "mem_fraction_static": 0.5,
+                      "max_total_tokens": 4096, "dtype": "float32"}
+
+
+def colocated_rank(rank: int, world: int, ckpt: str, seqs: list[list[int]], step_seqs: list[list[int]], lr: float,
+                   device: str = "cuda") -> dict:
+    """The colocated hand-over on one GPU (an NCCL rank of one, tests/harness), in RLinf's order:
+
+    1. SGLang starts with the example's settings (:func:`rollout_engine_kwargs`: memory saver and
+       CUDA graphs on, dummy weights) and releases its memory, as RLinf offloads a colocated rollout;
+    2. the actor (Megatron, bf16 like the example's, the checkpoint's weights) syncs: ``initial``
+       (SGLang's log-probs against the actor's recompute, before any training);
+    3. SGLang releases again, the actor takes an optimizer step, syncs again: ``after``;
+       ``stale`` = SGLang's log-probs from step 2 (the weights before the step) against the
+       actor's new recompute: what a hand-over that silently kept the old weights would serve;
+    4. the same post-step weights through the independent load (:func:`post_step_hf`): ``floor``,
+       and ``sync_vs_floor`` (SGLang against itself).
+
+    ``device="cpu"`` is the dry run of all of it but CUDA (:data:`CPU_DRY_RUN_ENGINE`, fp32 actor).
+    """
+    import rlinf_pangu
+    from rlinf_pangu.sglang_ext.weight_sync import LOADER
+
+    rlinf_pangu.register()
+    C = _bench_common()
+    cfg = example_config(ckpt)
+    kwargs = rollout_engine_kwargs(cfg)
+    if device == "cpu":
+        kwargs.update(CPU_DRY_RUN_ENGINE)
+    rank_env = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
+    try:  # SGLang's own processes must not see this rank's torch.distributed variables
+        eng = start_rollout_engine(kwargs)
+    finally:
+        os.environ.update(rank_env)
+    report: dict = {"engine": {k: v for k, v in kwargs.items() if k != "model_path"}}
+    try:
+        eng.release_memory_occupation()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[str(cfg.actor.model.precision)]
+        model, tc, hf_cfg = build_megatron(ckpt, 1, 1, device, dtype if device == "cuda" else torch.float32)
+        if device == "cpu":
+            gloo_reshard_subgroups()
+        reshard = actor_reshard(cfg, tc)
+        report["bucket_capacity"] = reshard.bucket_capacity
+        report["sync_1"] = colocated_sync(eng, reshard, model)
+        before_lp = C.sglang_logprobs(eng, seqs)
+        report["initial"] = logprob_gap("initial", before_lp, C.megatron_logprobs(model, seqs, device))
+        eng.release_memory_occupation()  # RLinf offloads the rollout before the actor trains
+        report["loss"] = C.adam_step(model, step_seqs, lr, device)
+        want = C.megatron_logprobs(model, seqs, device)
+        report["stale"] = logprob_gap("stale", before_lp, want)
+        report["sync_2"] = colocated_sync(eng, reshard, model)
+        after_lp = C.sglang_logprobs(eng, seqs)
+        report["after"] = logprob_gap("after", after_lp, want)
+        reference = post_step_hf(model, hf_cfg)
+        C._update(eng, {k: v.to(device) for k, v in reference.items()}, LOADER, flush=True)
+        del reference
+        floor_lp = C.sglang_logprobs(eng, seqs)
+        report["floor"] = logprob_gap("floor", floor_lp, want)
+        report["sync_vs_floor"] = logprob_gap("sync_vs_floor", after_lp, floor_lp)
+    finally:
+        eng.shutdown()
+    report["tokens"] = sum(len(s) - 1 for s in seqs)
+    report["device"] = device
+    return report

@@ -134,14 +134,16 @@ def run_ranks(
     grace: float = 10.0,
     env: dict[str, str] | None = None,
     gpus: bool = False,
+    daemon: bool | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` gloo ranks; their results in rank order.
 
     ``fn`` must be importable by the children (a module-level function). ``env`` adds
     environment variables for the ranks. ``gpus=True`` makes them NCCL ranks instead, rank ``r``
-    on GPU ``r``, with every GPU visible and no CPU redirects. See the module docstring for
-    failure handling.
+    on GPU ``r``, with every GPU visible and no CPU redirects. Ranks are daemon processes (they die
+    with the test) unless ``daemon=False`` or ``gpus``: a rank that starts processes of its own (an
+    ``sgl.Engine``) cannot be a daemon. See the module docstring for failure handling.
     """
     ctx = mp.get_context("spawn")
     rank_env = {
@@ -162,7 +164,7 @@ def run_ranks(
                         target=_rank_main,
                         args=(fn, rank, world_size, args, kwargs, out_dir, timeout, threads, cpu_redirects, gpus),
                         name=f"rank{rank}",
-                        daemon=not gpus,  # a GPU rank may start an sgl.Engine (daemons cannot have children)
+                        daemon=(not gpus) if daemon is None else daemon,  # daemons cannot start an sgl.Engine
                     )
                     p.start()
                 procs.append(p)
