@@ -317,7 +317,7 @@ def latex2sympy(latex: str, variable_values: dict | None = None) -> Any:
 
 #: Phrases that introduce a final answer; after the last \boxed{} (which wins), the last phrase does.
 _PHRASES = re.compile(
-    r"he answer is|final answer is|答案是|####|(?im:^[*_\s]*(?:final\s+)?answer\s*[*_]*\s*:)"
+    r"he answer is|final answer is|答案是|####|(?im:^[*_\s]*(?:final\s+)?answer\s*[*_]*\s*:[*_]*)"
 )
 
 
@@ -689,8 +689,8 @@ def _math_spaces_dropped(s: str) -> str:
 
 def rlinf_equal(pred: str, ref: str) -> bool:
     """RLinf's own ``math_equal`` on the two answers (its strip_string first, as its verifier does)."""
+    math_equal = rlinf_verifier().math_equal
     from rlinf.algorithms.rewards.math.math_verifier.parser import strip_string
-    from rlinf.algorithms.rewards.math.math_verifier.verify import math_equal
 
     pred, ref = _math_spaces_dropped(pred), _math_spaces_dropped(ref)
     for pattern, repl in _FOR_RLINF:
@@ -724,6 +724,19 @@ def grade(answer: str | None, references: Any) -> bool:
 # ============================================================================================
 
 
+@functools.cache
+def rlinf_verifier() -> Any:
+    """RLinf's math verifier module, imported with this parser as its ``latex2sympy2`` (the patch
+    ``latex2sympy2:antlr-4.11-vs-4.9`` applied first, as ``rlinf_pangu.register()`` does)."""
+    from rlinf_pangu.patches import apply_patch
+    from rlinf_pangu.patches.latex2sympy import LATEX2SYMPY
+
+    apply_patch(LATEX2SYMPY)
+    from rlinf.algorithms.rewards.math.math_verifier import verify
+
+    return verify
+
+
 def check_rlinf_verifier() -> None:
     """Raise RuntimeError unless RLinf's math verifier imports and its ``latex2sympy`` reads LaTeX.
 
@@ -733,7 +746,9 @@ def check_rlinf_verifier() -> None:
     how = ("rlinf_pangu.register() installs the LaTeX parser it needs (patch latex2sympy2:antlr-4.11-vs-4.9, "
            "backed by rlinf_pangu.math_grade.latex2sympy)")
     try:
-        from rlinf.algorithms.rewards.math.math_verifier import verify
+        verify = rlinf_verifier()
+    except ParserUnavailable:
+        raise
     except Exception as e:
         raise RuntimeError(f"RLinf's math verifier does not import ({type(e).__name__}: {e}); {how}") from e
     try:
