@@ -300,6 +300,10 @@ def te_parity_rank(rank: int, world_size: int, ckpt: str, dry_run: bool = False)
         res["packed"] = _packed_checks(models["te"], vocab, device)
     else:
         res["packed"] = {"skipped": "the model has no TE attention (dry run)"}
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from megatron_step import provenance
+
+    res["provenance"] = provenance()  # here TE is imported: the cuDNN it loaded is known
     return res
 
 
@@ -340,7 +344,7 @@ def write_record(res: dict, out_dir: str | None) -> Path | None:
     grads = {n: judged(s) for n, s in res["grads"].items()}
     record = {
         "what": "Pangu TE spec vs HF (fp32) and vs the local spec, bf16, one GPU (tests/test_te_gpu.py)",
-        **provenance(),
+        **provenance(), **res.get("provenance", {}),
         "k": K, "pack_k": PACK_K, "seq": res["seq"], "batch": res["batch"], "layers": res["layers"],
         "attention": {"local": res["local_attention"], "te": res["te_attention"]},
         "packs": {"local": res["local_packs"], "te": res["te_packs"]},
