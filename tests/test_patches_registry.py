@@ -42,7 +42,8 @@ def test_listing_names_every_patch_with_its_state_on_this_stack():
 
 
 def test_no_patch_body_is_reached_through_an_indirection():
-    hits = subprocess.run(["git", "grep", "-n", "_compat()", "--", "*.py"], capture_output=True, text=True, cwd=ROOT)
+    needle = "_compat" + "()"  # spelled apart so this file does not find itself
+    hits = subprocess.run(["git", "grep", "-n", "-F", needle, "--", "*.py"], capture_output=True, text=True, cwd=ROOT)
     assert hits.stdout == "", hits.stdout
 
 
