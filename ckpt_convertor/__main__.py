@@ -41,12 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("megatron-to-hf", help="Megatron checkpoint -> official-layout HF directory",
                        description="Convert a torch-format Megatron Pangu checkpoint (TP/PP/VPP read from its "
-                       "files) into sharded safetensors + index + config + tokenizer files.")
-    m.add_argument("--megatron", required=True, metavar="DIR", help="Megatron checkpoint (holds latest_checkpointed_iteration.txt)")
+                       "files) into sharded safetensors + index + config + tokenizer files. It takes the "
+                       "checkpoints a training run saves as they are: runs/<experiment>/checkpoints/global_step_<N> "
+                       "(or its actor/ directory), iteration directory and distributed-optimizer files included.")
+    m.add_argument("--megatron", required=True, metavar="DIR",
+                   help="Megatron checkpoint (holds latest_checkpointed_iteration.txt), or a run's checkpoints/global_step_<N>")
     m.add_argument("--out", required=True, metavar="DIR", help="output HF directory (written atomically)")
     m.add_argument("--dtype", choices=DTYPES, default=None, help="output dtype (default: the checkpoint's)")
     m.add_argument("--config", metavar="FILE", default=None,
                    help="HF config.json (default: the one kept in the checkpoint's hf_meta/)")
+    m.add_argument("--meta-from", metavar="DIR", default=None,
+                   help="HF directory to take config, tokenizer and metadata files from (default: the checkpoint's "
+                   "hf_meta/; a run's checkpoints keep one)")
     m.add_argument("--shard-gb", type=float, default=5.0, help="max shard size when writing a new shard layout (GiB)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .convert import megatron_to_hf
 
-            megatron_to_hf(a.megatron, a.out, a.dtype, config=a.config, shard_bytes=int(a.shard_gb * 1024**3),
-                           overwrite=a.overwrite, progress=progress)
+            megatron_to_hf(a.megatron, a.out, a.dtype, config=a.config, meta_from=a.meta_from,
+                           shard_bytes=int(a.shard_gb * 1024**3), overwrite=a.overwrite, progress=progress)
     except ConversionError as e:
         log.error("%s", e)
         return 2

@@ -12,10 +12,12 @@ file offset is known and every inconsistency is reported before a byte of output
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +46,7 @@ from .gather import Piece, Runs, band_bytes, copy_runs
 from .hf_writer import SafetensorsWriter
 from .megatron_io import (
     RANK_FILE,
+    TRACKER,
     MappedPages,
     RELEASE,
     RankFileWriter,
@@ -445,23 +448,46 @@ def _convertible(name: str, dims: PanguDims, stage: Stage) -> bool:
 
 
 def megatron_to_hf(mg_dir: str | Path, out_dir: str | Path, dtype: str | torch.dtype | None = None, *,
-                   config: str | Path | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                   overwrite: bool = False, fsync: bool = True, progress: bool | None = None) -> Path:
+                   config: str | Path | None = None, meta_from: str | Path | None = None,
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False, fsync: bool = True,
+                   progress: bool | None = None) -> Path:
     """Convert a torch-format Megatron Pangu checkpoint (TP/PP/VPP read from its files) into an
     official-layout HF directory at ``out_dir`` (atomically).
 
+    ``mg_dir``: a Megatron checkpoint (the directory holding ``latest_checkpointed_iteration.txt``:
+    a release one of :func:`hf_to_megatron`, or an RLinf actor's, with its iteration directory and
+    distributed-optimizer files), or a run's ``checkpoints/global_step_<N>`` (its ``actor/``).
     The HF config comes from ``config`` or from the checkpoint's ``hf_meta/`` (written by
-    :func:`hf_to_megatron`); so do the tokenizer files, the original shard assignment and the
-    RoPE buffers, which makes HF -> Megatron -> HF reproduce the original directory.
+    :func:`hf_to_megatron`, and by a run's saves); so do the tokenizer files, the original shard
+    assignment and the RoPE buffers, which makes HF -> Megatron -> HF reproduce the original
+    directory. ``meta_from``: an HF directory to take all of these from instead (a checkpoint
+    without ``hf_meta/``, such as one RLinf saved without rlinf-pangu).
     """
     t0 = time.perf_counter()
-    mg = find_checkpoint(mg_dir)
+    mg = find_checkpoint(_megatron_dir(Path(mg_dir)))
     out = Path(out_dir).absolute()
-    meta = mg.root / cache.HF_META
+    with contextlib.ExitStack() as stack:
+        meta = mg.root / cache.HF_META
+        if meta_from is not None:
+            meta = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".hf-meta-"))) / cache.HF_META
+            save_hf_meta(meta_from, meta)
+        return _megatron_to_hf(mg, out, meta, dtype, config, shard_bytes, overwrite, fsync, progress, t0)
+
+
+def _megatron_dir(path: Path) -> Path:
+    """A run's ``global_step_<N>`` holds the actor's Megatron checkpoint in ``actor/``."""
+    if not (path / TRACKER).is_file() and (path / "actor" / TRACKER).is_file():
+        return path / "actor"
+    return path
+
+
+def _megatron_to_hf(mg, out: Path, meta: Path, dtype, config, shard_bytes: int, overwrite: bool, fsync: bool,
+                    progress: bool | None, t0: float) -> Path:
     config_path = Path(config) if config else meta / CONFIG_FILE
     if not config_path.is_file():
         raise ConversionError(
-            f"no HF config for {mg.root}: {config_path} does not exist; pass the model's config.json (--config)"
+            f"no HF config for {mg.root}: {config_path} does not exist; pass the model's config.json (--config) "
+            "or its HF directory (--meta-from, which also brings the tokenizer files)"
         )
     cfg = read_json(config_path, "config.json")
     dims = PanguDims.from_hf_config(cfg)

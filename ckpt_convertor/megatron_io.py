@@ -21,7 +21,6 @@ produces them (from memory, or copied from the source files by :mod:`ckpt_conver
 
 from __future__ import annotations
 
-import argparse
 import logging
 import mmap
 import os
@@ -373,12 +372,83 @@ def _madvise_dontneed(addr: int, length: int) -> None:
     libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), mmap.MADV_DONTNEED)
 
 
+#: What a torch-format Megatron checkpoint pickles besides tensors, as RLinf 0.3.0 saves it during a
+#: run: its args (RLinf's OmegaConf DictConfig, or Megatron's argparse Namespace) with Megatron
+#: enums and a signal, the RNG states (Python's tuple, numpy's array), the optimizer's
+#: defaultdicts. Classes and numpy's array rebuild only: nothing here runs user code. Any other
+#: global is refused by torch's weights-only unpickler, which names it.
+PICKLED_GLOBALS = (
+    "argparse:Namespace", "collections:defaultdict", "collections:OrderedDict", "typing:Any", "signal:Signals",
+    "builtins:list", "builtins:dict", "builtins:int", "builtins:float", "builtins:str", "builtins:tuple",
+    "builtins:set", "builtins:bool",
+    "numpy:ndarray", "numpy:dtype", "numpy._core.multiarray:_reconstruct", "numpy.core.multiarray:_reconstruct",
+    "omegaconf.dictconfig:DictConfig", "omegaconf.listconfig:ListConfig", "omegaconf.base:Metadata",
+    "omegaconf.base:ContainerMetadata", "omegaconf.nodes:AnyNode", "omegaconf.nodes:StringNode",
+    "omegaconf.nodes:IntegerNode", "omegaconf.nodes:FloatNode", "omegaconf.nodes:BooleanNode",
+    "omegaconf.nodes:EnumNode", "omegaconf.nodes:BytesNode", "omegaconf.nodes:PathNode",
+    "megatron.core.enums:ModelType", "megatron.core.transformer.enums:AttnBackend",
+    "megatron.core.transformer.enums:AttnMaskType", "megatron.core.transformer.enums:LayerType",
+)
+
+
+def pickled_globals() -> list[Any]:
+    """:data:`PICKLED_GLOBALS` resolved (names this environment lacks are skipped: a checkpoint
+    that uses one then fails to load, naming it)."""
+    import importlib
+
+    found = []
+    for entry in PICKLED_GLOBALS:
+        module, _, name = entry.partition(":")
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+class _Inert:
+    """Stands in for what a rank file pickles besides the model (Megatron's args, RNG and optimizer
+    state): the converter never reads those, so nothing of theirs is imported or run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _inert_globals(path: Path) -> list[tuple[type, str]]:
+    """An inert stand-in for each non-tensor global ``path`` pickles; a global outside
+    :data:`PICKLED_GLOBALS` is refused (ConversionError naming the file and the global)."""
+    allowed = {entry.replace(":", ".") for entry in PICKLED_GLOBALS}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # not a zip, no data.pkl, truncated
+        raise ConversionError(f"cannot read {path}: {e}") from e
+    foreign = sorted(set(found) - allowed)
+    if foreign:
+        raise ConversionError(f"cannot load {path} with weights_only=True: it pickles {foreign[0]!r}, "
+                              "which a Megatron checkpoint never holds (refused, nothing of it run)")
+    return [(type(name.rsplit(".", 1)[-1], (_Inert,), {}), name) for name in found]
+
+
 def load_rank_file(path: Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True`` and ``mmap=True``: no pickle code runs, and
-    tensor data stays on disk until used. ``argparse.Namespace`` (Megatron's saved ``args``) is
-    the one non-tensor class allowed."""
+    tensor data stays on disk until used. Besides tensors, only :data:`PICKLED_GLOBALS` (what
+    Megatron itself pickles: args, RNG and optimizer state) may appear; they load as inert
+    stand-ins (only the model's tensors are read)."""
+    stand_ins = _inert_globals(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # weights-only refusals and corrupt zips alike
         raise ConversionError(f"cannot load {path} with weights_only=True: {e}") from e

@@ -324,7 +324,8 @@ def test_negative_control_torchs_sampler_replays_the_first_epoch_after_a_resume(
 # --------------------------------------------------------------------------------------
 
 CHECKPOINT_PATCHES = ["rlinf.ReasoningRunner:atomic-save", "rlinf.MegatronModelManager:checkpoint-digest",
-                      "rlinf.ReasoningRunner:resumable-sampler", "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy"]
+                      "rlinf.ReasoningRunner:resumable-sampler", "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy",
+                      "megatron.training.checkpointing:weights-only-load"]
 
 
 def test_upstream_still_needs_the_checkpoint_patches():

@@ -149,3 +149,74 @@ def upstream_missing() -> bool:
 )
 def _provide_fused_kernels() -> None:
     install()
+
+
+# ======================================================================================
+# Loading a torch-format checkpoint a run saved (resume)
+# ======================================================================================
+
+TORCH_CKPT_LOAD = "megatron.training.checkpointing:weights-only-load"
+_CHECKPOINTING = "megatron.training.checkpointing"
+
+def checkpoint_globals() -> list[Any]:
+    """The types Megatron's torch-format checkpoints pickle besides tensors, as RLinf saves them
+    (one list, kept with the reader of that format: ``ckpt_convertor.megatron_io.pickled_globals``)."""
+    from ckpt_convertor.megatron_io import pickled_globals
+
+    return pickled_globals()
+
+
+class CheckpointLoadError(RuntimeError):
+    """Megatron could not read a torch-format checkpoint (it printed why and called sys.exit())."""
+
+
+def make_weights_only_load(original: Any) -> Any:
+    """Megatron's ``_load_base_checkpoint`` with the checkpoint's own pickled types allowed in
+    torch's weights-only unpickler; Megatron's ``sys.exit()`` on a failed load becomes an error
+    that names the directory (Megatron printed the exception just before)."""
+    import functools
+
+    @functools.wraps(original)
+    def _load_base_checkpoint(load_dir, *args, **kwargs):
+        import torch
+
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            try:
+                return original(load_dir, *args, **kwargs)
+            except SystemExit as e:
+                raise CheckpointLoadError(
+                    f"Megatron could not load the checkpoint in {load_dir} (its reason is printed above: "
+                    "'could not load the checkpoint')"
+                ) from e
+
+    _load_base_checkpoint.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return _load_base_checkpoint
+
+
+def _megatron_loads_with_default_weights_only() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .core import source_of
+
+    try:
+        major, minor = (int(x) for x in version("torch").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (2, 6) and "torch.load(checkpoint_name, map_location='cpu')" in source_of(
+        _CHECKPOINTING, "_load_base_checkpoint")
+
+
+@patch(
+    TORCH_CKPT_LOAD,
+    why="Megatron's torch-format load calls torch.load with torch>=2.6's default weights_only=True, which refuses the args (RLinf's DictConfig), numpy RNG state and enums Megatron itself pickled: every resume printed 'could not load the checkpoint' and sys.exit() in the actor",
+    module=_CHECKPOINTING,
+    applies=_megatron_loads_with_default_weights_only,
+)
+def _weights_only_checkpoint_load() -> None:
+    from .core import after_import
+
+    def install(ckpt) -> None:
+        if not hasattr(ckpt._load_base_checkpoint, "__rlinf_pangu_original__"):
+            ckpt._load_base_checkpoint = make_weights_only_load(ckpt._load_base_checkpoint)
+
+    after_import(_CHECKPOINTING, install)
