@@ -100,8 +100,11 @@ def house(tmp_path) -> dict:
     man["build"] = {sdist.name: "(the test puts delta's wheel into spool/built)"}
     out = tmp_path / "wheelhouse"
     out.mkdir()
+    for f in files:  # the wheelhouse folder itself, as build_wheelhouse.main leaves it: whole files + manifest
+        (out / f.name).write_bytes(f.read_bytes())
+    (out / "MANIFEST.json").write_text(json.dumps(man))
     chunks = bw.write_chunks(out, files, CHUNK, man)
-    return {"chunks": chunks, "files": files, "delta": delta, "target": tmp_path / "site", "man": man}
+    return {"chunks": chunks, "files": files, "delta": delta, "target": tmp_path / "site", "man": man, "out": out}
 
 
 CHUNK = 20 * 1024  # bytes: every 24 kB wheel crosses a chunk boundary
@@ -184,6 +187,15 @@ def test_an_install_group_waits_for_its_built_member_then_goes_in_together(house
     assert "(complete)" in r.stdout
     installed = json.loads((target / ".wheelhouse" / "installed.json").read_text())
     assert set(installed.values()) == {"alpha", "beta", "gamma", "delta"}  # the fallback stayed out
+
+
+def test_the_whole_wheelhouse_folder_installs_in_one_run(house):
+    """Without transfer limits: the folder at once (its chunks/ come along and change nothing)."""
+    target = house["target"]
+    r = install(house["out"], target)
+    assert r.returncode == 0, r.stderr
+    assert run_script(target, "alpha-tool") == "alpha 1.0" and run_script(target, "beta-tool") == "beta 1.0"
+    assert "waits for delta" in r.stdout  # the group still waits for its built member
 
 
 def test_the_fallback_goes_in_only_when_asked(house):
