@@ -455,11 +455,29 @@ def _optimizer_items(optimizer: Any) -> Iterator[tuple[str, Any]]:
                     yield f"opt{i}.group{g}.param{j}.{key}", value
 
 
+def _unwrap(chunk: Any) -> Any:
+    """The model inside Megatron's wrappers (DDP, Float16Module): its parameter names are the
+    checkpoint's (``embedding.word_embeddings.weight``), whatever the precision or wrapping."""
+    import torch
+
+    while isinstance(getattr(chunk, "module", None), torch.nn.Module):
+        chunk = chunk.module
+    return chunk
+
+
+def weights_digest(chunks: Sequence[Iterable[tuple[str, Any]]]) -> str:
+    """Digest of model weights: per model chunk (``model``, or ``model0..`` with virtual pipeline
+    stages), its (name, tensor) pairs in order, names as in the checkpoint. Anything that holds
+    the same tensors under the same names (a live model, a rank file, an export mapped back to
+    the rank's shards) has the same digest."""
+    return _digest((f"model{i}.{n}", t) for i, items in enumerate(chunks) for n, t in items)[0]
+
+
 def state_digest(manager: Any, rank: int | None = None) -> dict[str, Any]:
     """Digest of a Megatron worker's live state (call with the weights and optimizer on their
     device, i.e. inside ``ensure_onloaded_and_then_offload``): weights, optimizer, LR schedule."""
-    weights = ((f"model{i}.{n}", p) for i, chunk in enumerate(manager.model) for n, p in chunk.named_parameters())
-    w, nw = _digest(weights)
+    chunks = [list(_unwrap(c).named_parameters()) for c in manager.model]
+    w = weights_digest(chunks)
     o, no = _digest(_optimizer_items(getattr(manager, "optimizer", None)))
     sched = getattr(manager, "lr_scheduler", None)
     s, _ = _digest(sorted(sched.state_dict().items()) if sched is not None else [])
@@ -467,7 +485,7 @@ def state_digest(manager: Any, rank: int | None = None) -> dict[str, Any]:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    return {"rank": int(rank), "weights": w, "optimizer": o, "scheduler": s, "tensors": nw + no}
+    return {"rank": int(rank), "weights": w, "optimizer": o, "scheduler": s, "tensors": sum(map(len, chunks)) + no}
 
 
 def expected_digest(load_path: str | os.PathLike, rank: int) -> dict[str, Any] | None:

@@ -360,3 +360,26 @@ def test_the_step_report_continues_a_resumed_runs_metrics(tmp_path):
     report.observe({"rollout/reward_scores": 0.9}, 2)
     report.observe({"actor/training/actor/approx_kl": 0.0}, 2)
     assert {s: r["rollout/reward_scores"] for s, r in load_jsonl(tmp_path / "metrics.jsonl").items()} == {1: 0.1, 2: 0.2, 3: 0.9}
+
+
+# --------------------------------------------------------------------------------------
+# The entry point refuses a bad resume_dir before Ray starts
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign"])
+def test_the_entry_point_refuses_a_bad_resume_dir_before_ray_starts(tiny_fp32, tmp_path, kind):
+    root = Path(__file__).resolve().parents[1]
+    target = {"missing": tmp_path / "runs" / "x" / "checkpoints" / "global_step_3", "foreign": tiny_fp32}[kind]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rlinf.train", "--config", str(root / "examples/math/pangu-tiny-grpo-megatron-cpu.yaml"),
+           f"runner.output_dir={out}", "runner.experiment_name=bad", f"rollout.model.model_path={tiny_fp32}",
+           f"runner.resume_dir={target}"]
+    env = {k: v for k, v in fresh_env().items() if not k.startswith(("RAY_", "RLINF_"))}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    said = p.stdout + p.stderr
+    assert p.returncode == 2, said[-3000:]
+    why = {"missing": "no such directory", "foreign": "looks like an HF model directory"}[kind]
+    lines = [ln for ln in said.splitlines() if "config error" in ln]
+    assert len(lines) == 1 and f"runner.resume_dir: {target}: " in lines[0] and why in lines[0], said[-3000:]
+    assert not (out / "bad" / "ray").exists()  # the driver links Ray's temp dir there when it starts it
