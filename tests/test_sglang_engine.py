@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import sync_testlib as L
+from compare import Diff, check, diff, logprob_gap
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +89,10 @@ def _input_logprobs(engine, tokens: list[int], start: int = 0) -> torch.Tensor:
     return torch.tensor([float("nan") if v is None else v for v in vals], dtype=torch.float64)
 
 
-def post_sync_max_dlogp(engine, seq: list[int], megatron_lp: torch.Tensor) -> float:
-    """The post-sync check: max |SGLang logprob - Megatron recomputed logprob| over ``seq[1:]``."""
-    lp = _input_logprobs(engine, seq)[1:]
-    return (lp - megatron_lp.double()).abs().max().item()
+def post_sync_gap(engine, seq: list[int], megatron_lp: torch.Tensor) -> Diff:
+    """The post-sync check: SGLang's log-probs of ``seq[1:]`` against Megatron's recomputed ones,
+    per token (a missing or non-finite log-prob makes it non-finite)."""
+    return logprob_gap("SGLang vs Megatron logprobs after sync", _input_logprobs(engine, seq)[1:], megatron_lp.double())
 
 
 def test_engine_greedy_tokens_and_top_logprobs_equal_hf(engine, hf_model):
@@ -111,8 +112,7 @@ def test_engine_greedy_tokens_and_top_logprobs_equal_hf(engine, hf_model):
         ref_top = torch.log_softmax(logits, -1).topk(TOP_K, -1)
         for step, top in enumerate(out["meta_info"]["output_top_logprobs"]):
             assert [t for _, t, _ in top] == ref_top.indices[step].tolist(), f"top-{TOP_K} ids differ at step {step}"
-            diff = (torch.tensor([v for v, _, _ in top]) - ref_top.values[step]).abs().max().item()
-            assert diff <= FP32_LOGPROB_TOL, f"top-{TOP_K} logprobs differ by {diff:.2e} at step {step}"
+            check(diff(f"top-{TOP_K} logprobs at step {step}", torch.tensor([v for v, _, _ in top]), ref_top.values[step]), FP32_LOGPROB_TOL)
 
 
 def test_sync_after_optimizer_step_matches_megatron_and_serves_new_weights(engine, after_step, tiny_fp32):
@@ -122,10 +122,10 @@ def test_sync_after_optimizer_step_matches_megatron_and_serves_new_weights(engin
     before = _input_logprobs(engine, seq, start=len(seq) - 2)[-1].item()
     _load(engine, after_step["buckets"])
     after = _input_logprobs(engine, seq, start=len(seq) - 2)[-1].item()
-    assert abs(after - megatron_lp[-1].item()) <= FP32_LOGPROB_TOL, "cached prompt still served with old weights"
+    check(diff("last logprob of the cached prompt (old weights if the cache was not flushed)",
+               torch.tensor([after]), megatron_lp[-1:].double()), FP32_LOGPROB_TOL)
     assert abs(after - before) > 1e-3, "the optimizer step did not change this logprob: the check would be blind"
-    d = post_sync_max_dlogp(engine, seq, megatron_lp)
-    assert d <= FP32_LOGPROB_TOL, f"SGLang vs Megatron logprobs after sync: max |d| = {d:.3e}"
+    check(post_sync_gap(engine, seq, megatron_lp), FP32_LOGPROB_TOL)
 
 
 def test_negative_sync_without_cache_flush_serves_the_stale_prefix(engine, after_step, tiny_fp32):
@@ -151,8 +151,8 @@ def test_negative_dropped_o_proj_bias_fails_post_sync_check(engine, after_step, 
     bad = NoOprojBias(L.reshard_config_rollout_tp1(tiny_fp32), strict=False, packed=True).convert(after_step["megatron_layers"])
     assert L.is_one_packed_buffer(bad) and not any(k.endswith("o_proj.bias") for k in L.unpacked(bad))
     _load(engine, after_step["buckets_without_layers"] + [bad])
-    d = post_sync_max_dlogp(engine, after_step["seq"], after_step["logprobs"])
-    assert d > 100 * FP32_LOGPROB_TOL, f"a sync without the o_proj bias passed the check (max |d| = {d:.3e})"
+    d = post_sync_gap(engine, after_step["seq"], after_step["logprobs"])
+    assert d.finite and d.max_abs > 100 * FP32_LOGPROB_TOL, f"a sync without the o_proj bias passed the check: {d}"
 
 
 def test_negative_wrong_qkv_split_fails_post_sync_check(engine, after_step, tiny_fp32):
@@ -175,5 +175,5 @@ def test_negative_wrong_qkv_split_fails_post_sync_check(engine, after_step, tiny
     _restore_initial(engine, tiny_fp32)
     bad = PlainQKV(L.reshard_config_rollout_tp1(tiny_fp32), strict=True, packed=False).convert(after_step["megatron_layers"])
     _load(engine, after_step["buckets_without_layers"] + [bad])
-    d = post_sync_max_dlogp(engine, after_step["seq"], after_step["logprobs"])
-    assert d > 100 * FP32_LOGPROB_TOL, f"a sync with an ungrouped QKV split passed the check (max |d| = {d:.3e})"
+    d = post_sync_gap(engine, after_step["seq"], after_step["logprobs"])
+    assert d.finite and d.max_abs > 100 * FP32_LOGPROB_TOL, f"a sync with an ungrouped QKV split passed the check: {d}"
