@@ -601,6 +601,24 @@ def post_step_hf(model, cfg) -> dict[str, torch.Tensor]:
     return I.megatron_to_hf(every, I.Shape.of(cfg.to_dict()))
 
 
+def post_step_reference_rank(rank: int, world: int, ckpt: str, step_tokens: list[int]) -> dict:
+    """CPU check of the GPU floor's reference load: after an optimizer step on Megatron TP ``world``,
+    :func:`post_step_hf` (the shards merged by tests/independent_layout.py) equals what RLinf's sync
+    gives to rollout TP 1, bit for bit."""
+    import rlinf_pangu
+
+    rlinf_pangu.register()
+    model, tc, cfg = build_megatron(ckpt, world, 1)
+    optimizer_step(model, step_tokens)
+    reference = post_step_hf(model, cfg)
+    _, outs = run_sync(model, tc, 1, int(layer_bytes(model) * BUCKET_LAYERS))
+    synced: dict[str, torch.Tensor] = {}
+    for o in outs:
+        synced.update(unpacked(o))
+    changed = sum(not torch.equal(reference[k], v) for k, v in load_hf_state(ckpt).items() if k in reference)
+    return {"mismatches": compare_exact(synced, reference), "n": len(reference), "changed_by_step": changed}
+
+
 def gpu_post_sync_rank(rank: int, world: int, ckpt: str, step_tokens: list[int], seq: list[int]) -> dict:
     """Megatron TP2 (fp32, one GPU per rank) takes an optimizer step and syncs through RLinf's own
     reshard (NCCL) to a real bf16 SGLang engine at rollout TP 2, then TP 1; rank 0 compares

@@ -177,3 +177,17 @@ def test_a_swapped_kv_group_is_caught_and_decoded(encoded):
     swapped[name] = torch.cat([want[name][per_group:], want[name][:per_group]])
     bad = _mismatches(swapped, want, "control")
     assert len(bad) == 1 and "got L1 self_attn.q_proj.weight[12, 0], expected L1 self_attn.q_proj.weight[0, 0]" in bad[0], bad
+
+
+@pytest.mark.slow
+def test_independent_merge_of_a_trained_tp2_megatron_equals_the_sync(tiny_fp32):
+    """The GPU post-sync checks load their floor through sync_testlib.post_step_hf (this module's
+    merge of every TP rank's shards); on real megatron-core at TP 2 (gloo, CPU), after one optimizer
+    step, it equals RLinf's sync to rollout TP 1 bit for bit, so the floor holds the synced weights."""
+    import sync_testlib as L
+    from harness import run_ranks
+
+    res = run_ranks(L.post_step_reference_rank, 2, str(tiny_fp32), L._tokens(33, 12), timeout=600, grace=20)
+    for r in res:
+        assert r["mismatches"] == [], r["mismatches"][:5]
+        assert r["changed_by_step"] > r["n"] // 2  # the step moved the weights: the comparison is not of the checkpoint
