@@ -23,11 +23,13 @@ test-fast: setup
 # test_colocated_sync_gpu.py and test_sync_gpu.py, two for test_sync_multigpu.py). Their figures go to
 # $(GPU_OUT) as JSON (colocated_sync.json, post_sync_parity_cuda.json, sync_multigpu.json) with the
 # log beside them; keep that folder under docs/runs/<run>/. The GPU host has no .venv: python3 there.
+# GPU_TESTS picks files (default: every test file), e.g. GPU_TESTS=tests/test_colocated_sync_gpu.py.
 GPU_OUT ?= runs/gpu-tests
 GPU_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+GPU_TESTS ?=
 test-gpu:
 	mkdir -p $(GPU_OUT)
-	RLINF_PANGU_GPU_OUT=$(abspath $(GPU_OUT)) bash -o pipefail -c '$(GPU_PY) -m pytest -m gpu -v -s -ra 2>&1 | tee $(GPU_OUT)/pytest_gpu.log'
+	RLINF_PANGU_GPU_OUT=$(abspath $(GPU_OUT)) bash -o pipefail -c '$(GPU_PY) -m pytest -m gpu -v -s -ra $(GPU_TESTS) 2>&1 | tee -a $(GPU_OUT)/pytest_gpu.log'
 
 wheelhouse: setup
 	$(PY) scripts/build_wheelhouse.py --out .wheelhouse
