@@ -6,7 +6,7 @@ separate virtualenv that has ``math-verify`` installed, and talks JSON over stdi
 only the standard library and math_verify.
 
 stdin: {"pairs": [[answer_text, reference], ...]}
-stdout: {"verdicts": [bool, ...], "seconds": float, "version": str}
+stdout: {"verdicts": [bool, ...], "seconds": float (wall), "cpu_seconds": float, "version": str}
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ def main() -> None:
 
     pairs = json.load(sys.stdin)["pairs"]
     verdicts = []
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for answer, reference in pairs:  # the reference is parsed per pair, as a reward worker does
         verdicts.append(bool(verify(parse(gold_text(reference)), parse(answer))))
-    seconds = time.perf_counter() - t0
-    json.dump({"verdicts": verdicts, "seconds": seconds, "version": version("math-verify")}, sys.stdout)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    json.dump({"verdicts": verdicts, "seconds": seconds, "cpu_seconds": cpu_seconds, "version": version("math-verify")},
+              sys.stdout)
 
 
 if __name__ == "__main__":

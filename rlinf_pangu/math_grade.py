@@ -256,11 +256,30 @@ def _one_reading(expr: Any) -> Any:
     raise LatexParseError(f"ambiguous: {options}")
 
 
-@functools.lru_cache(maxsize=8192)
+_SPACES = re.compile(r"(?<=\d)\s+(?=\d)|\s+")
+
+
+def _squeezed(s: str) -> str:
+    """``s`` without the spaces the grammar ignores anyway (it reads ``\\sin x`` and ``\\sinx`` alike),
+    keeping one between two digits (``2 3`` is a product, ``23`` a number). RLinf's verifier strips
+    spaces before it calls the parser: one cache entry then serves both spellings."""
+    return _SPACES.sub(lambda m: " " if m[0] and m.start() > 0 and s[m.start() - 1].isdigit()
+                       and m.end() < len(s) and s[m.end()].isdigit() else "", s)
+
+
 def _parse_cached(latex: str) -> tuple[bool, Any]:
-    """(True, expression) or (False, why); cached because a group of samples shares its reference."""
+    """(True, expression) or (False, why) for ``latex`` (see :func:`_parse_rewritten`)."""
     try:
-        s = _rewrite(latex)
+        s = _squeezed(_rewrite(latex))
+    except Exception as e:  # a rewrite must not raise, but one odd input must not stop a batch either
+        return False, f"{type(e).__name__}: {e}"
+    return _parse_rewritten(s)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_rewritten(s: str) -> tuple[bool, Any]:
+    """Cached: a group of samples shares its reference, and often its answers."""
+    try:
         if _EMPTY_SET.fullmatch(s):
             return True, sympy.S.EmptySet
         if not s:
