@@ -29,13 +29,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $py"
   "$py" -m venv "$VENV"
 fi
-pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade pip
-echo "[setup] installing the pinned stack (torch 2.11.0, megatron-core, transformers, ray, hydra ...)"
-"${pip[@]}" install -q -c constraints.txt -r requirements/stack.txt
+# The installer is uv, pinned in constraints.txt and bootstrapped from PyPI into the venv by pip:
+# it downloads the ~3.5 GB stack in parallel and installs from its cache by hard links, where pip
+# downloads and installs one file at a time (measured: docs/runs/cpu-demo-2026-12-07/README.md).
+# The result is the same pinned set; pip stays in the venv for one-off installs.
+uv_pin=$(grep -E '^uv==' constraints.txt | sed -E 's/[[:space:]]*#.*//')
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$uv_pin"
+# --compile-bytecode: as pip does; without .pyc files every Ray worker and SGLang process would
+# compile torch, sglang and megatron from source at each start (PYTHONDONTWRITEBYTECODE hosts).
+uv=("$VENV/bin/uv" pip install --python "$VENV/bin/python" -q --compile-bytecode)
+t0=$SECONDS
+echo "[setup] installing the pinned stack (torch 2.11.0, megatron-core, transformers, ray, hydra ...) with $uv_pin"
+"${uv[@]}" -c constraints.txt -r requirements/stack.txt
 echo "[setup] installing rlinf, sglang (--no-deps)"
-"${pip[@]}" install -q --no-deps -c constraints.txt -r requirements/nodeps.txt
+"${uv[@]}" --no-deps -c constraints.txt -r requirements/nodeps.txt
 echo "[setup] installing rlinf-pangu (editable)"
-"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+"${uv[@]}" --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
-echo "[setup] done"
+echo "[setup] done in $((SECONDS - t0)) s"
