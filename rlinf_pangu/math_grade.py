@@ -132,6 +132,8 @@ _FUNCTIONS = {r"\sin", r"\cos", r"\tan", r"\csc", r"\sec", r"\cot", r"\arcsin", 
               r"\sinh", r"\cosh", r"\tanh", r"\log", r"\ln", r"\lg", r"\exp", r"\det", r"\max", r"\min"}
 _TRANSPARENT = {r"\left", r"\right", r"\big", r"\Big", r"\bigl", r"\bigr", r"\Bigl", r"\Bigr"}
 _OPENERS, _CLOSERS = "([", ")]"
+_OPERATOR_COMMANDS = {r"\cdot", r"\times", r"\div", r"\pm", r"\mp", r"\le", r"\leq", r"\ge", r"\geq", r"\ne",
+                      r"\neq", r"\to", r"\in", r"\cup", r"\cap", r"\setminus", r"\quad", r"\qquad", r"\infty"}
 
 
 def _explicit_products(s: str) -> str:
@@ -142,11 +144,6 @@ def _explicit_products(s: str) -> str:
 def _starts_operand(tok: str) -> bool:
     return (tok.isalnum() or tok in _OPENERS or tok == "{"
             or (tok.startswith("\\") and len(tok) > 2 and tok not in _OPERATOR_COMMANDS and tok not in _TRANSPARENT))
-
-
-_OPERATOR_COMMANDS = {r"\cdot", r"\times", r"\div", r"\pm", r"\mp", r"\le", r"\leq", r"\ge", r"\geq", r"\ne",
-                      r"\neq", r"\to", r"\in", r"\cup", r"\cap", r"\setminus", r"\right", r"\left", r"\quad",
-                      r"\qquad", r"\infty"}
 
 
 def _group(toks: list[str], i: int) -> tuple[list[str], int]:
@@ -256,7 +253,9 @@ def _one_reading(expr: Any) -> Any:
     raise LatexParseError(f"ambiguous: {options}")
 
 
-_SPACES = re.compile(r"(?<=\d)\s+(?=\d)|\s+")
+_SPACES = re.compile(r"\s+")
+#: Longer inputs are prose, not an answer: the Earley parser's time grows fast with length.
+_MAX_PARSE_CHARS = 256
 
 
 def _squeezed(s: str) -> str:
@@ -284,6 +283,8 @@ def _parse_rewritten(s: str) -> tuple[bool, Any]:
             return True, sympy.S.EmptySet
         if not s:
             return False, "empty input"
+        if len(s) > _MAX_PARSE_CHARS:
+            return False, f"{len(s)} characters: longer than any answer the parser is given ({_MAX_PARSE_CHARS})"
         with warnings.catch_warnings():  # the Lark transformer's sympy deprecation chatter
             warnings.simplefilter("ignore")
             return True, _finish(_one_reading(_parse_lark(s)))

@@ -236,3 +236,64 @@ def test_the_patch_gives_rlinfs_verifier_the_lark_parser():
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1] == "[True, True, False]"
+
+
+# --- properties over generated values -----------------------------------------------------------
+# The labelled set holds hand-picked values; these check the same readings on values nobody picked.
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+INTEGER_FORMS = [
+    lambda n: f"{n:,}", lambda n: f"{n:,}".replace(",", "{,}"), lambda n: f"\\${n:,}" if n >= 0 else f"-\\${-n:,}",
+    lambda n: f"{n} dollars", lambda n: f"{n}.00", lambda n: f"{n}\\text{{ cm}}", lambda n: str(n),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(-10**7, 10**7), form=st.sampled_from(INTEGER_FORMS),
+       slip=st.sampled_from([1, -1, 9, 10]), scale=st.sampled_from([10, 100]))
+def test_an_integer_in_any_form_equals_itself_and_nothing_close(n, form, slip, scale):
+    assert g.equivalent(form(n), str(n))
+    assert not g.equivalent(form(n + slip), str(n))
+    assert n == 0 or not g.equivalent(form(n * scale), str(n))
+
+
+@settings(max_examples=150, deadline=None)
+@given(p=st.integers(1, 500), q=st.integers(2, 60), k=st.integers(2, 9), negative=st.booleans())
+def test_a_fraction_equals_its_other_spellings_and_not_its_misreadings(p, q, k, negative):
+    f = g.Fraction(p, q)
+    sign = "-" if negative else ""
+    ref = f"{sign}\\frac{{{f.numerator}}}{{{f.denominator}}}"
+    assert g.equivalent(f"{sign}\\frac{{{k * f.numerator}}}{{{k * f.denominator}}}", ref)
+    assert g.equivalent(f"{sign}{f.numerator}/{f.denominator}", ref)
+    assert not g.equivalent(f"{'' if negative else '-'}\\frac{{{f.numerator}}}{{{f.denominator}}}", ref)  # sign
+    if f.denominator in (2, 4, 5, 8, 10, 20, 25, 40, 50):  # a finite decimal
+        assert g.equivalent(f"{sign}{float(f)!r}", ref)
+    whole, rest = divmod(f.numerator, f.denominator)
+    if whole and rest:  # the mixed number, and the product a careless reading of it gives
+        assert g.equivalent(f"{sign}{whole}\\frac{{{rest}}}{{{f.denominator}}}", ref)
+        product = g.Fraction(whole * rest, f.denominator)
+        assert product == f or not g.equivalent(f"{sign}\\frac{{{product.numerator}}}{{{product.denominator}}}",
+                                                f"{sign}{whole}\\frac{{{rest}}}{{{f.denominator}}}")
+
+
+@settings(max_examples=12, deadline=None)  # these go through the LaTeX parser (~50 ms a distinct input)
+@given(k=st.integers(2, 9), m=st.sampled_from([2, 3, 5, 6, 7, 10, 11]))
+def test_a_radical_equals_its_unsimplified_form_and_not_a_neighbour(k, m):
+    ref = f"{k}\\sqrt{{{m}}}"
+    assert g.equivalent(f"\\sqrt{{{k * k * m}}}", ref)
+    assert not g.equivalent(f"\\sqrt{{{k * k * m + 1}}}", ref)
+    assert not g.equivalent(f"-{k}\\sqrt{{{m}}}", ref)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.integers(-50, 50), b=st.integers(-50, 50), lo=st.sampled_from("(["), hi=st.sampled_from(")]"))
+def test_points_are_ordered_and_intervals_keep_their_brackets(a, b, lo, hi):
+    assert g.equivalent(f"({a}, {b})", f"({a},{b})")
+    assert a == b or not g.equivalent(f"({b}, {a})", f"({a}, {b})")
+    interval = f"{lo}{min(a, b)}, {max(a, b) + 1}{hi}"
+    assert g.equivalent(interval.replace(", ", ","), interval)
+    other = ("[" if lo == "(" else "(") + interval[1:]
+    assert not g.equivalent(other, interval)  # one bracket changed: another interval
+    assert g.equivalent(f"{b}, {a}", f"{a}, {b}")  # "all solutions": any order

@@ -47,3 +47,14 @@ def test_registered_where_rlinf_selects_rewards(reward):
 def test_answer_without_a_marker_is_boxed_for_the_verifier():
     assert answer_for_grading("[unused16]x[unused17] 5") == "\\boxed{5}"
     assert answer_for_grading("[unused16]x") is None
+
+
+def test_an_answer_with_its_own_marker_is_not_boxed_whole():
+    # "Answer:" marks the value for the grader; boxing the whole text would hide it
+    text = "[unused16]x[unused17]Adding 12 and 6.\n\n**Final answer:** 18"
+    assert answer_for_grading(text) == "Adding 12 and 6.\n\n**Final answer:** 18"
+
+
+def test_a_mixed_number_earns_the_reward_and_its_misreading_does_not(reward):
+    done = "[unused16]x[unused17]\\boxed{{{}}}[unused10]"
+    assert reward.get_reward([done.format("3\\frac{1}{2}"), done.format("\\frac{3}{2}")], [["\\frac{7}{2}"]] * 2) == [1.0, 0.0]
