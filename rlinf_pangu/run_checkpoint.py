@@ -129,13 +129,15 @@ def commit(tmp: Path, final: Path, marker: Mapping[str, Any]) -> Path:
 
 
 def marker_doc(step: int, *, parallel: Mapping[str, Any], model: Mapping[str, Any],
-               digests: Mapping[str, Sequence[Mapping[str, Any]]], experiment: str = "") -> dict[str, Any]:
+               digests: Mapping[str, Sequence[Mapping[str, Any]]], experiment: str = "",
+               backend: str = "megatron") -> dict[str, Any]:
     """The completeness marker's content (``files`` is added by :func:`commit`)."""
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "step": int(step),
         "experiment": experiment,
+        "backend": backend,
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "parallel": dict(parallel),
         "model": dict(model),
@@ -198,9 +200,11 @@ def save(runner: Any) -> Path:
         digests[role] = [d for d in group.save_checkpoint(str(tmp / role), step).wait() if d]
     (tmp / "data").mkdir()
     torch.save(runner.train_dataloader.state_dict(), tmp / "data" / "data.pt")
-    copy_hf_meta(cfg.rollout.model.model_path, tmp / "actor")
+    backend = str(cfg.actor.get("training_backend", "megatron"))
+    if backend == "megatron":  # what megatron-to-hf needs to export this checkpoint on its own
+        copy_hf_meta(cfg.rollout.model.model_path, tmp / "actor")
     marker = marker_doc(step, parallel=parallel_of(cfg), model=model_of(cfg.rollout.model.model_path),
-                        digests=digests, experiment=str(cfg.runner.experiment_name))
+                        digests=digests, experiment=str(cfg.runner.experiment_name), backend=backend)
     commit(tmp, final, marker)
     log.info("saved checkpoint %s (step %d, %d actor ranks' state digested)", final, step, len(digests.get("actor", [])))
     return final
@@ -291,14 +295,19 @@ def read(path: str | os.PathLike) -> RunCheckpoint:
             raise CheckpointError(f, f"{actual} bytes, {size} when the checkpoint was saved (truncated or overwritten)")
         if f.suffix == ".pt":
             _check_zip(f)
-    tracker = path / "actor" / TRACKER
+    if marker.get("backend", "megatron") == "megatron":  # another backend's files: the sizes are the check
+        _check_tracker(path / "actor" / TRACKER, step)
+    if not (path / "data" / "data.pt").is_file():
+        raise CheckpointError(path / "data" / "data.pt", "missing: the data loader's position was not saved")
+    return RunCheckpoint(path, step, marker)
+
+
+def _check_tracker(tracker: Path, step: int) -> None:
+    """Megatron's tracker must exist and name this step's iteration directory."""
     if not tracker.is_file():
         raise CheckpointError(tracker, "missing: the actor's Megatron checkpoint is incomplete")
     if tracker.read_text().strip() != str(step):
         raise CheckpointError(tracker, f"names iteration {tracker.read_text().strip()!r}, not step {step}")
-    if not (path / "data" / "data.pt").is_file():
-        raise CheckpointError(path / "data" / "data.pt", "missing: the data loader's position was not saved")
-    return RunCheckpoint(path, step, marker)
 
 
 def _check_zip(f: Path) -> None:
