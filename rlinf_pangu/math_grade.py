@@ -431,6 +431,7 @@ _UNIT_WORD = r"(?:[a-zA-Z]{3,}|cm|mm|km|kg|mg|ml|ft|in|mi|hr|yd|oz|lb)(?:\^?\{?[
 _UNITS = rf"(?:{_UNIT_WORD})(?:\s*/\s*[a-zA-Z]+|\s+{_UNIT_WORD})*"
 _NUMBER_FORMS = [  # (name, pattern); the value comes from _number_value
     ("decimal", re.compile(rf"(?P<sign>[-+]?)\s*(?P<num>{_DEC})")),
+    ("e-notation", re.compile(rf"(?P<sign>[-+]?)\s*(?P<num>{_DEC})[eE](?P<exp>[-+]?\d+)")),  # 7.2e3
     ("scientific", re.compile(rf"(?P<sign>[-+]?)\s*(?:(?P<num>{_DEC})\s*(?:\\times|\\cdot|\*)\s*)?10\s*\^\s*\{{?\s*(?P<exp>[-+]?\d+)\s*\}}?")),
     ("fraction", re.compile(r"(?P<sign>[-+]?)\s*(?P<whole>\d+\s*)?\\frac\s*(?:\{\s*(?P<n>[-+]?\s*\d+)\s*\}\s*\{\s*(?P<d>[-+]?\s*\d+)\s*\}|(?P<n1>\d)(?P<d1>\d))")),
     ("repeating", re.compile(r"(?P<sign>[-+]?)\s*(?P<int>\d*)\.(?P<fix>\d*)\s*\\overline\s*\{\s*(?P<rep>\d+)\s*\}")),  # 0.\overline{3}
@@ -463,7 +464,7 @@ def _number_value(form: str, m: re.Match) -> Fraction:
         f, r = len(m["fix"]), len(m["rep"])
         value = Fraction(int(m["int"] or 0)) + Fraction(int(m["fix"] or 0), 10**f)
         return sign * (value + Fraction(int(m["rep"]), (10**r - 1) * 10**f))
-    if form == "scientific":
+    if form in ("scientific", "e-notation"):
         return sign * Fraction(digits(m["num"]) if m["num"] else 1) * Fraction(10) ** int(m["exp"])
     n, d = (m["n"], m["d"]) if m["n"] is not None else (m.group("n1"), m.group("d1"))
     frac = Fraction(int(digits(n)), int(digits(d)))
@@ -600,7 +601,18 @@ def structures_equal(p: Structure | None, r: Structure | None) -> bool:
     if "bracketed" in (p.kind, r.kind):  # a point against a bare list: still in order
         other = r if p.kind == "bracketed" else p
         return other.kind == "list" and _same_items(p.items, r.items, True, equivalent)
-    return _same_items(p.items, r.items, False, equivalent)
+    return _same_items(_distinct(p), _distinct(r), False, equivalent)
+
+
+def _distinct(s: Structure) -> tuple:
+    """A set's elements once each (\\{1, 1, 2\\} is \\{1, 2\\}); a list's as written."""
+    if s.kind != "set":
+        return s.items
+    kept: list[str] = []
+    for x in s.items:
+        if not any(equivalent(x, y) for y in kept):
+            kept.append(x)
+    return tuple(kept)
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -630,6 +642,61 @@ def _value_sides(p: str, r: str) -> tuple[str, str]:
     return p, r
 
 
+_INEQUALITY = re.compile(r"\\[lg]e(?:q|qslant)?(?![a-zA-Z])|\\[lg]t(?![a-zA-Z])|<|>")
+
+
+def _interval_set(s: Structure) -> Any:
+    if s.kind == "union":
+        return sympy.Union(*[_interval_set(part) for part in s.items])
+    lo, hi = (parse_latex(x) for x in s.items)
+    return sympy.Interval(lo, hi, left_open=s.brackets[0] == "(", right_open=s.brackets[1] == ")")
+
+
+def _inequality(text: str) -> Any:
+    """``a < x \\le b`` and the like as one sympy relational (a chain as their conjunction), or None."""
+    terms = _INEQUALITY.split(text)
+    ops = _INEQUALITY.findall(text)
+    if not ops or any(not t.strip() for t in terms):
+        return None
+    links = [parse_latex(f"{terms[k]} {ops[k]} {terms[k + 1]}") for k in range(len(ops))]
+    if not all(isinstance(x, sympy.core.relational.Relational) for x in links):
+        return None
+    return links[0] if len(links) == 1 else sympy.And(*links)
+
+
+def _inequalities_equal(p: str, r: str) -> bool | None:
+    """Verdict on a pair where an inequality is involved; None when neither side is one.
+
+    One variable: both sides as sets of reals (``x \\le 2`` is ``(-\\infty, 2]``, not ``x < 2``);
+    RLinf's verifier compares only ``|lhs - rhs|`` and passes ``x < 2`` for ``x \\le 2``. Several
+    variables: the same relation between the same difference.
+    """
+    if not (_INEQUALITY.search(p) or _INEQUALITY.search(r)):
+        return None
+    sides = []
+    for text in (p, r):
+        try:
+            shape = read_structure(text)
+            if shape is not None and shape.is_interval:
+                sides.append(_interval_set(shape))
+                continue
+            rel = _inequality(text)
+        except (LatexParseError, TypeError, ValueError):
+            rel = None
+        if rel is None:
+            return False  # an inequality against something that is none: not the same answer
+        sides.append(rel)
+    a, b = sides
+    free = set().union(*(x.free_symbols for x in sides))
+    if len(free) <= 1:
+        as_set = lambda x: x if isinstance(x, sympy.Set) else x.as_set()  # noqa: E731
+        return bool(as_set(a) == as_set(b))
+    if isinstance(a, sympy.core.relational.Relational) and isinstance(b, sympy.core.relational.Relational):
+        ca, cb = a.canonical, b.canonical
+        return type(ca) is type(cb) and sympy.simplify((ca.lhs - ca.rhs) - (cb.lhs - cb.rhs)) == 0
+    return False
+
+
 def _unwrap_single(s: Structure | None) -> str | None:
     return s.items[0] if s is not None and s.kind in ("set", "list") and len(s.items) == 1 else None
 
@@ -644,6 +711,9 @@ def equivalent(pred: str, ref: str) -> bool:
     rc = _choice(r)
     if rc is not None and _choice(p) is not None:
         return _choice(p) == rc
+    relation = _inequalities_equal(p, r)
+    if relation is not None:
+        return relation
     p, r = _value_sides(p, r)
     rn, pn = read_number(r), read_number(p)
     if rn is not None and pn is not None:
@@ -697,12 +767,15 @@ _FOR_RLINF: list[tuple[re.Pattern, str]] = [
 ]
 
 
+_NUMBER_AND_WORD = re.compile(r"[-+]?[\d.,]+\s+[A-Za-z]+")
 _TEXT_GROUP = re.compile(r"(\\(?:text|mathrm|mbox)\s*\{[^{}]*\})")
 
 
 def _math_spaces_dropped(s: str) -> str:
     """``s`` without spaces outside ``\\text{}``: RLinf's unit stripping, which runs before it drops
     spaces itself, deletes a lone letter between spaces (``2 a^{2} b`` loses its ``a``)."""
+    if _NUMBER_AND_WORD.fullmatch(s):  # "72 m": RLinf's unit list knows "m", and needs the space to see it
+        return s
     parts = _TEXT_GROUP.split(s)
     return "".join(p if k % 2 else p.replace(" ", "") for k, p in enumerate(parts))
 
@@ -716,7 +789,11 @@ def rlinf_equal(pred: str, ref: str) -> bool:
     for pattern, repl in _FOR_RLINF:
         pred, ref = pattern.sub(repl, pred), pattern.sub(repl, ref)
     try:
-        return bool(math_equal(strip_string(pred), strip_string(ref), timeout=False))
+        pred_s, ref_s = strip_string(pred), strip_string(ref)
+        pn, rn = read_number(pred_s), read_number(ref_s)
+        if pn is not None and rn is not None:  # a number once RLinf stripped a unit ("7200 m"): exactly
+            return numbers_equal(Number(pn.value, "%" in pred), Number(rn.value, "%" in ref))
+        return bool(math_equal(pred_s, ref_s, timeout=False))
     except Exception as e:  # RLinf's own checks catch most; a crash in one answer must not stop a batch
         warn_once("math grader: RLinf's math_equal failed on", f"{pred} vs {ref}", f"{type(e).__name__}: {e}")
         return False

@@ -118,6 +118,17 @@ def test_not_a_plain_number(text):
         ("-\\frac{\\sqrt{2}}{2}", "\\frac{\\sqrt{2}}{2}", False),
         ("\\u22127".encode().decode("unicode_escape"), "-7", True),
         ("Tuesday", "\\text{Monday}", False),
+        ("x \\le 2", "x < 2", False),  # RLinf: compares |lhs - rhs| only
+        ("x \\le 2", "(-\\infty, 2]", True),
+        ("1 < x \\le 3", "(1, 3]", True),
+        ("y \\ge x", "x \\le y", True),
+        ("x+y \\le 3", "x + y < 3", False),
+        ("7.2e3", "72", False),  # RLinf: a number 100x off passes
+        ("7200 m", "72", False),  # ... also once its unit stripping left a bare number
+        ("72 m", "72", True),
+        ("\\{1,1,2\\}", "\\{1,2\\}", True),
+        ("2^3", "1", False),  # plain sympy parsing reads 2^3 as 2 XOR 3
+        ("I think the answer might be 5 or 6", "5", False),
     ],
 )
 def test_equivalent(pred, ref, same):

@@ -212,11 +212,11 @@ CASES: dict[str, list[tuple[str, str, list[tuple[str, str]]]]] = {
     "interval": [
         ("(-\\infty, 2]", "math", [
             ("(-\\infty, 2]", T), ("(-\\infty,2]", T), ("\\left(-\\infty, 2\\right]", T), ("x \\in (-\\infty, 2]", T),
-            ("(-\\infty, 2)", H), ("[2, \\infty)", F), ("(-\\infty, -2]", H),
+            ("(-\\infty, 2)", H), ("[2, \\infty)", F), ("(-\\infty, -2]", H), ("x \\le 2", T), ("x < 2", H),
         ]),
         ("[1, 5)", "math", [
             ("[1,5)", T), ("\\left[1, 5\\right)", T),
-            ("(1,5)", H), ("[1,5]", H), ("(1,5]", H), ("[1,6)", H),
+            ("(1,5)", H), ("[1,5]", H), ("(1,5]", H), ("[1,6)", H), ("1 \\le x < 5", T), ("1 < x < 5", H),
         ]),
         ("(-\\infty,-3)\\cup(3,\\infty)", "math", [
             ("(-\\infty, -3) \\cup (3, \\infty)", T), ("(3,\\infty)\\cup(-\\infty,-3)", T),
@@ -364,6 +364,8 @@ THINKING = [
 def _completion(value: str, i: int) -> tuple[str, str]:
     """The i-th presentation of ``value`` in a Pangu completion; returns (completion, how)."""
     pres = PRESENTATIONS[i % len(PRESENTATIONS)]
+    if value.startswith("####"):  # GSM8K's own final-answer line: never wrapped in another marker
+        pres = "X"
     answer = pres.replace("X", value)
     mode = i % 3  # thinking closed / fast mode (no markers) / thinking closed, EOS and a tail
     think = THINKING[i % len(THINKING)]
