@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = Path(os.environ.get("RLINF_PANGU_CONFIGS", ROOT / "configs"))
 #: The schema: every key the entry point accepts, with its default.
 SCHEMA_FILE = "rlinf/grpo_megatron_sglang.yaml"
+#: The schema piece of each other training backend, merged over the schema when the YAML selects
+#: it (``actor.training_backend``): its keys are accepted with that backend only.
+BACKEND_SCHEMA_FILES = {"fsdp": "rlinf/fsdp.yaml"}
 #: Subtrees whose keys are free-form (RLinf reads them as maps or passes them on as-is).
 OPEN_SUBTREES = (
     "cluster.component_placement",
@@ -141,8 +144,18 @@ def _hydra_key(e: Exception) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def load_schema() -> DictConfig:
-    return OmegaConf.load(CONFIGS_DIR / SCHEMA_FILE)
+def training_backend(cfg: DictConfig) -> str:
+    """``actor.training_backend``: ``megatron`` (the schema's) or ``fsdp`` (``configs/rlinf/fsdp.yaml``)."""
+    return str(OmegaConf.select(cfg, "actor.training_backend", default="megatron"))
+
+
+def schema_files(backend: str = "megatron") -> list[str]:
+    return [SCHEMA_FILE] + ([BACKEND_SCHEMA_FILES[backend]] if backend in BACKEND_SCHEMA_FILES else [])
+
+
+def load_schema(backend: str = "megatron") -> DictConfig:
+    """The accepted keys: the schema, plus the backend's own piece (RLinf's FSDP actor's keys)."""
+    return OmegaConf.merge(*(OmegaConf.load(CONFIGS_DIR / f) for f in schema_files(backend)))
 
 
 def _keys(node: Any, prefix: str = "") -> Iterable[str]:
@@ -162,7 +175,7 @@ def _keys(node: Any, prefix: str = "") -> Iterable[str]:
 
 def check_known_keys(cfg: DictConfig, schema: DictConfig | None = None) -> None:
     """Reject any key that is not in the schema, naming it and the closest known key."""
-    schema = schema if schema is not None else load_schema()
+    schema = schema if schema is not None else load_schema(training_backend(cfg))
     known = set(_keys(schema))
     for key in _keys(cfg):
         if key in known or any(key.startswith(o + ".") for o in OPEN_SUBTREES):
@@ -171,7 +184,8 @@ def check_known_keys(cfg: DictConfig, schema: DictConfig | None = None) -> None:
         siblings = [k for k in known if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
         close = difflib.get_close_matches(key, siblings or list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(key, f"unknown key{hint}; the accepted keys are in configs/{SCHEMA_FILE}")
+        where = " + ".join(f"configs/{f}" for f in schema_files(training_backend(cfg)))
+        raise ConfigError(key, f"unknown key{hint}; the accepted keys are in {where}")
 
 
 # --------------------------------------------------------------------------------------
@@ -315,6 +329,8 @@ def check_pangu(cfg: DictConfig) -> None:
     # tie_word_embeddings from the HF config: state it up front so both agree (tied 1B).
     with open_dict(cfg):
         model.share_embeddings_and_output_weights = bool(hf.get("tie_word_embeddings", False))
+    if training_backend(cfg) == "fsdp":
+        check_fsdp(cfg)  # data-parallel only: the TP/PP checks below hold trivially
     tp, pp = int(model.tensor_model_parallel_size), int(model.pipeline_model_parallel_size)
     vpp = model.get("virtual_pipeline_model_parallel_size")
     try:
@@ -327,7 +343,7 @@ def check_pangu(cfg: DictConfig) -> None:
         dims.check_parallel(rtp, 1)
     except LayoutError as e:
         raise ConfigError("rollout.tensor_parallel_size", str(e)) from e
-    if rtp > tp or tp % rtp:
+    if training_backend(cfg) == "megatron" and (rtp > tp or tp % rtp):
         raise ConfigError(
             "rollout.tensor_parallel_size",
             f"{rtp} must divide actor.model.tensor_model_parallel_size={tp} (RLinf's colocated weight sync "
@@ -343,6 +359,57 @@ def check_pangu(cfg: DictConfig) -> None:
             "reward.reward_type=math grades the whole completion, thinking included; "
             "pangu_math grades only the answer after [unused17]"
         )
+
+
+#: Attention implementations that keep sequences packed into one row apart (through their
+#: position ids): what RLinf's FSDP packing (``variable_seq_lengths``, dynamic batch size) needs.
+PACKING_ATTENTION = ("flash_attention_2",)
+#: (key, value) of the FSDP actor -> the package that value needs.
+FSDP_KERNEL_PACKAGES = {
+    ("actor.model.attn_implementation", "flash_attention_2"): "flash_attn",
+    ("algorithm.entropy_op_type", "flash_attn"): "flash_attn",
+    ("algorithm.entropy_op_type", "liger_kernel"): "liger_kernel",
+    ("actor.fsdp_config.use_liger_kernel", True): "liger_kernel",
+}
+
+
+def check_fsdp(cfg: DictConfig) -> None:
+    """RLinf's FSDP actor (``configs/rlinf/fsdp.yaml``), before any worker starts.
+
+    * It shards data-parallel over every actor rank: the Megatron parallel sizes must stay 1.
+    * A kernel choice needs its package (flash-attn and liger-kernel are not in this stack).
+    * RLinf's packed forward needs an attention that keeps the packed sequences apart; with sdpa
+      a packed sequence's logits were off by ~6 (measured, tiny model).
+    * RLinf's own FSDP checks (mixed precision vs autocast ...), which it asserts only after Ray started.
+    """
+    import importlib.util
+
+    model = cfg.actor.model
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size"):
+        if int(model.get(key, None) or 1) != 1:
+            raise ConfigError(
+                f"actor.model.{key}",
+                f"{model.get(key)}: RLinf's FSDP actor shards data-parallel over all actor ranks; tensor/pipeline "
+                "parallelism is the Megatron actor's (actor.training_backend: megatron)",
+            )
+    for (key, value), package in FSDP_KERNEL_PACKAGES.items():
+        if OmegaConf.select(cfg, key) == value and importlib.util.find_spec(package) is None:
+            raise ConfigError(key, f"{value!r} needs the {package} package, which is not installed (configs/rlinf/fsdp.yaml has the defaults that run without it)")
+    attention = model.get("attn_implementation", None)
+    for key in ("actor.model.variable_seq_lengths", "runner.enable_dynamic_batch_size"):
+        if OmegaConf.select(cfg, key) and attention not in PACKING_ATTENTION:
+            raise ConfigError(
+                key,
+                f"true makes RLinf's FSDP actor pack sequences into one row, which {attention!r} attention does "
+                "not keep apart (each token would attend to the sequences packed before it); set it to false, "
+                "or actor.model.attn_implementation to flash_attention_2 with flash-attn installed",
+            )
+    from rlinf import config as rc
+
+    try:
+        rc.validate_fsdp_cfg(copy.deepcopy(cfg.actor))
+    except AssertionError as e:
+        raise ConfigError("actor.fsdp_config", str(e)) from e
 
 
 def check_precision(cfg: DictConfig) -> None:
@@ -410,7 +477,7 @@ def check_resume(cfg: DictConfig) -> int | None:
 
 
 def resolve_rlinf(cfg: DictConfig) -> DictConfig:
-    """RLinf's reasoning/Megatron validation on a copy, without starting a cluster.
+    """RLinf's reasoning/Megatron (or FSDP) validation on a copy, without starting a cluster.
 
     The same validators ``rlinf.config.validate_cfg`` runs after its ``Cluster(...)``: reasoning,
     rollout, Megatron defaults and the model shapes from the HF config. (They are not idempotent,
@@ -424,8 +491,11 @@ def resolve_rlinf(cfg: DictConfig) -> DictConfig:
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(cfg, True)
     cfg = rc.validate_reasoning_cfg(cfg)
-    cfg.actor = rc.validate_megatron_cfg(cfg.actor)
-    cfg.actor = rc.validate_model_cfg_by_hf_config(cfg.actor, cfg.rollout.model.model_path)
+    if training_backend(cfg) == "fsdp":  # validate_cfg's FSDP branch, less its placement assert
+        cfg.actor = rc.validate_fsdp_cfg(cfg.actor)
+    else:
+        cfg.actor = rc.validate_megatron_cfg(cfg.actor)
+        cfg.actor = rc.validate_model_cfg_by_hf_config(cfg.actor, cfg.rollout.model.model_path)
     log_rlinf_placement(cfg)
     return cfg
 

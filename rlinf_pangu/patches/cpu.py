@@ -12,7 +12,7 @@ Where each redirect runs (all are idempotent):
   slots, node placement and the direct-tensor weight sync;
 * every RLinf worker process — :func:`activate` (called by ``rlinf_pangu.register()``, i.e. by
   RLinf's ``RLINF_EXT_MODULE`` hook): the CPU torch platform for RLinf's accelerator layer, and
-  hooks that take effect when the Megatron actor or the SGLang rollout is imported;
+  hooks that take effect when the Megatron actor, the FSDP actor or the SGLang rollout is imported;
 * SGLang's scheduler processes — :func:`arm` (called by ``rlinf_pangu.patches.arm_startup()``
   from the :mod:`rlinf_pangu.startup.children` start-up hook).
 """
@@ -370,6 +370,75 @@ def _megatron_inference(mi) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# RLinf's FSDP actor (actor.training_backend: fsdp; the actor's process)
+# --------------------------------------------------------------------------------------
+
+
+def _fsdp_manager(fm) -> None:
+    """RLinf's FSDP model manager on the CPU.
+
+    It names its device by ``Worker.torch_device_type`` (torch's device mesh, ``torch.device``),
+    which RLinf leaves None on a host without an accelerator: "cpu" here (a gloo mesh, CPU
+    tensors). RLinf's batch helpers call ``.cuda()`` and ``torch.cuda.current_device()`` as on the
+    Megatron path: the same torch.cuda redirect, and the device mode in the thread that builds
+    the model.
+    """
+    _redirect_torch_cuda()
+    cls = fm.FSDPModelManager
+    init = cls.__init__
+    if getattr(init, "__rlinf_pangu_cpu__", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        from rlinf.scheduler import Worker
+
+        Worker.torch_device_type = "cpu"  # the class attribute RLinf's FSDP code reads
+        enter_device_mode()
+        init(self, *args, **kwargs)
+
+    __init__.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+
+
+def fsdp_sync_sends_tensors(fn: Callable) -> Callable:
+    """``FSDPActor.sync_model_to_rollout`` through RLinf's own disaggregated branch.
+
+    Why: colocated, the FSDP actor sends each tensor as a CUDA IPC handle (``reduce_tensor``) to
+    one rollout rank; CPU tensors cannot travel that way, and :func:`driver_placement` gives the
+    run RLinf's disaggregated rank maps (a list of rollout ranks per actor rank). RLinf's FSDP
+    actor already sends the tensors themselves to every rank of that list when it runs
+    disaggregated (``is_pipeline``); the sync takes that branch, and only the sync.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def sync_model_to_rollout(self, *args, **kwargs):
+        enter_device_mode()
+        pipeline = self.is_pipeline
+        self.is_pipeline = True
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.is_pipeline = pipeline
+
+    sync_model_to_rollout.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    return sync_model_to_rollout
+
+
+def _fsdp_actor(fa) -> None:
+    """Every public task of RLinf's FSDP actor enters the device mode in the thread it runs on;
+    its rollout sync sends tensors, not CUDA IPC handles (:func:`fsdp_sync_sends_tensors`)."""
+    cls = fa.FSDPActor
+    for name in ("init_worker", "run_training", "run_inference", "save_checkpoint", "load_checkpoint"):
+        fn = cls.__dict__.get(name) or getattr(cls, name, None)
+        if fn is not None and not getattr(fn, "__rlinf_pangu_cpu__", False):
+            setattr(cls, name, _with_device_mode(fn))
+    fn = cls.__dict__.get("sync_model_to_rollout")
+    if fn is not None and not getattr(fn, "__rlinf_pangu_cpu__", False):
+        cls.sync_model_to_rollout = fsdp_sync_sends_tensors(fn)
+
+
+# --------------------------------------------------------------------------------------
 # SGLang (the rollout worker and its scheduler processes)
 # --------------------------------------------------------------------------------------
 
@@ -482,6 +551,8 @@ def arm() -> None:
     _after_import("rlinf.workers.megatron_worker", _megatron_worker)
     _after_import("rlinf.workers.actor.megatron_actor_worker", _megatron_actor)
     _after_import("rlinf.workers.inference.megatron_inference_worker", _megatron_inference)
+    _after_import("rlinf.hybrid_engines.fsdp.fsdp_model_manager", _fsdp_manager)
+    _after_import("rlinf.workers.actor.fsdp_actor_worker", _fsdp_actor)
     _after_import("rlinf.workers.rollout.sglang.sglang_worker", _sglang_worker)
     _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _sgl_scheduler)
     _after_import("rlinf.runners.reasoning_runner", _skip_sync)

@@ -1064,3 +1064,176 @@ def _checkpoint_keeps_offload_policy() -> None:
             cls.ensure_onloaded_and_then_offload = make_offload_restoring_context(cls.ensure_onloaded_and_then_offload)
 
     after_import(_MM, install)
+
+
+# ======================================================================================
+# RLinf's FSDP actor (actor.training_backend: fsdp): the HF Pangu model under torch's FSDP2
+# ======================================================================================
+
+_FSDP_MM = "rlinf.hybrid_engines.fsdp.fsdp_model_manager"
+
+FSDP_ATTN = "rlinf.FSDPModelManager:attn_implementation"
+
+
+def fsdp_attn_implementation(actor_cfg: Any) -> str:
+    """``actor.model.attn_implementation``; unset: RLinf's flash_attention_2 where flash-attn is
+    installed, else torch's sdpa."""
+    impl = actor_cfg.model.get("attn_implementation", None)
+    if impl:
+        return str(impl)
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+class _AutoConfigWithAttention:
+    """Stands in for ``AutoConfig`` in RLinf's FSDP model manager while it builds the model: the
+    same ``from_pretrained``, with the attention implementation the YAML chose."""
+
+    def __init__(self, auto_config: Any, implementation: str) -> None:
+        self._auto_config, self._implementation = auto_config, implementation
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        if "attn_implementation" in kwargs:
+            kwargs["attn_implementation"] = self._implementation
+        return self._auto_config.from_pretrained(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._auto_config, name)
+
+
+def make_fsdp_model_provider(original: Callable) -> Callable:
+    def model_provider_func(self, *args, **kwargs):
+        fm = mod(_FSDP_MM)
+        implementation = fsdp_attn_implementation(self._cfg)
+        auto_config = fm.AutoConfig
+        fm.AutoConfig = _AutoConfigWithAttention(auto_config, implementation)
+        try:
+            model = original(self, *args, **kwargs)
+        finally:
+            fm.AutoConfig = auto_config
+        log.info("FSDP actor: %s with %s attention", type(model).__name__, model.config._attn_implementation)
+        return model
+
+    return mark(model_provider_func, original)
+
+
+@patch(
+    FSDP_ATTN,
+    why="RLinf's FSDP model manager builds every HF model with attn_implementation='flash_attention_2', which needs the flash-attn package this stack does not have (no wheel for torch 2.11): transformers refuses to build the model; the YAML's actor.model.attn_implementation (sdpa) is used instead",
+    module=_FSDP_MM,
+    applies=lambda: "attn_implementation='flash_attention_2'" in source_of(_FSDP_MM, "FSDPModelManager.model_provider_func"),
+)
+def _fsdp_attn_implementation() -> None:
+    def install(fm) -> None:
+        cls = fm.FSDPModelManager
+        if not patched(cls.model_provider_func):
+            cls.model_provider_func = make_fsdp_model_provider(cls.model_provider_func)
+
+    after_import(_FSDP_MM, install)
+
+
+FSDP2_GRAD_NORM = "rlinf.FSDP2Strategy:grad-norm-over-all-shards"
+_FSDP_UTILS = "rlinf.hybrid_engines.fsdp.utils"
+_FSDP2_STRATEGY = "rlinf.hybrid_engines.fsdp.strategy.fsdp2"
+
+
+def shard_group(model: Any) -> Any:
+    """The process group FSDP2 shards ``model``'s parameters over (their device mesh), or None."""
+    from torch.distributed.tensor import DTensor
+
+    for p in model.parameters():
+        if isinstance(p, DTensor):
+            return p.device_mesh.get_group()
+    return None
+
+
+def make_fsdp2_clip_grad_norm(original: Callable) -> Callable:
+    """``FSDP2Strategy.clip_grad_norm_`` over the whole gradient: RLinf sums the squared norms of
+    the local shards over its ``_dp_group``, which its FSDP model manager finds only on a mesh
+    dimension named "ddp"; its mesh has one dimension, "fsdp", so the group was None and every
+    rank clipped by the norm of its own shard. The group the parameters are sharded over is used
+    instead (each rank's shard is a disjoint part of the gradient, so the sum is the full norm)."""
+
+    def clip_grad_norm_(self, model, *args, **kwargs):
+        if self._dp_group is None:
+            self._dp_group = shard_group(model)
+        return original(self, model, *args, **kwargs)
+
+    return mark(clip_grad_norm_, original)
+
+
+def _fsdp2_grad_norm_per_shard() -> bool:
+    return (
+        "mesh_dim_names=['fsdp']" in source_of(_FSDP_UTILS, "create_device_mesh")
+        and "'ddp' in self._device_mesh.mesh_dim_names" in source_of(_FSDP_MM, "FSDPModelManager.__init__")
+        and "dp_group=self._dp_group" in source_of(_FSDP2_STRATEGY, "FSDP2Strategy.clip_grad_norm_")
+    )
+
+
+@patch(
+    FSDP2_GRAD_NORM,
+    why="RLinf's FSDP2 actor clips each rank's gradient shard by that shard's own norm (its grad-norm all-reduce group is looked up on a mesh dimension 'ddp' its 1-D 'fsdp' mesh lacks): the reported grad_norm and the clipping are wrong at 2+ actor ranks (measured 5.66 and 5.52 on two ranks for a true 7.91)",
+    module=_FSDP2_STRATEGY,
+    applies=_fsdp2_grad_norm_per_shard,
+)
+def _fsdp2_grad_norm() -> None:
+    def install(fs) -> None:
+        cls = fs.FSDP2Strategy
+        if not patched(cls.clip_grad_norm_):
+            cls.clip_grad_norm_ = make_fsdp2_clip_grad_norm(cls.clip_grad_norm_)
+
+    after_import(_FSDP2_STRATEGY, install)
+
+
+FSDP_LOGPROB_GAP = "rlinf.FSDPActor:logprob-gap-metric"
+_FACTOR = "rlinf.workers.actor.fsdp_actor_worker"
+
+
+def logprob_gap_all_ranks(batch: dict, response_len: int, group: Any = None) -> dict[str, float]:
+    """:func:`logprob_gap` over every rank's batch of ``group`` (default: all actor ranks): the
+    mean over all response tokens, the max over all. Every rank must call it (two all-reduces)."""
+    import torch
+    import torch.distributed as dist
+
+    if "rollout_logprobs" not in batch or "recomputed_logprobs" not in batch:
+        return {}
+    mask = batch["response_mask"][:, -response_len:].bool()
+    a = batch["rollout_logprobs"].float()[:, -response_len:]
+    b = batch["recomputed_logprobs"].float()[:, -response_len:].to(a.device)
+    d = (a - b).abs()[mask.to(a.device)]
+    totals = torch.tensor([float(d.sum()) if d.numel() else 0.0, float(d.numel())], dtype=torch.float64, device=a.device)
+    worst = torch.tensor([float(d.max()) if d.numel() else 0.0], dtype=torch.float64, device=a.device)
+    if d.numel() and not torch.isfinite(d).all():
+        worst.fill_(float("nan"))
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals, group=group)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
+    if totals[1] == 0:
+        return {}
+    return {"logprob_gap_mean": float(totals[0] / totals[1]), "logprob_gap_max": float(worst[0])}
+
+
+def make_fsdp_rollout_metrics(original: Callable) -> Callable:
+    """RLinf's math rollout metrics (as the FSDP actor calls them) plus the log-prob gap."""
+
+    def compute_rollout_metrics(rollout_batch, max_prompt_len, response_len, *args, **kwargs):
+        out = original(rollout_batch, max_prompt_len, response_len, *args, **kwargs)
+        group = args[0] if args else kwargs.get("data_parallel_group")
+        out[0].update(logprob_gap_all_ranks(rollout_batch, response_len, group))
+        return out
+
+    return mark(compute_rollout_metrics, original)
+
+
+@patch(
+    FSDP_LOGPROB_GAP,
+    why="additive metric: the per-step gap between SGLang's rollout log-probs and the FSDP actor's recomputed ones (the weight-sync health check), which RLinf does not report; over all actor ranks",
+    module=_FACTOR,
+    applies=lambda: "logprob_gap" not in upstream_source(_FACTOR)
+    and "compute_math_rollout_metrics(" in source_of(_FACTOR, "FSDPActor.run_training"),
+)
+def _fsdp_logprob_gap_metric() -> None:
+    def install(fa) -> None:
+        if not patched(fa.compute_math_rollout_metrics):
+            fa.compute_math_rollout_metrics = make_fsdp_rollout_metrics(fa.compute_math_rollout_metrics)
+
+    after_import(_FACTOR, install)
