@@ -893,24 +893,36 @@ class GradingPool:
             self._pool = None
 
     def grade(self, answers: Sequence[str | None], references: Sequence[Any]) -> list[bool]:
+        """One verdict per answer (None: no answer, wrong). Answers whose final answer and
+        references are the same are graded once: a GRPO group often repeats its final answer."""
         if len(answers) != len(references):
             raise ValueError(f"{len(answers)} answers but {len(references)} references")
-        verdict = [False] * len(answers)
-        todo = [k for k, a in enumerate(answers) if a is not None]
+        same: dict[tuple[str, str], list[int]] = {}
+        for k, a in enumerate(answers):
+            if a is not None:
+                same.setdefault((final_answer(a), repr(references[k])), []).append(k)
+        firsts = [ks[0] for ks in same.values()]
         if self.workers == 0:
-            for k in todo:
-                verdict[k] = _grade_job(answers[k], references[k])
-            return verdict
+            verdicts = {k: _grade_job(answers[k], references[k]) for k in firsts}
+        else:
+            verdicts = self._in_pool(firsts, answers, references)
+        verdict = [False] * len(answers)
+        for ks in same.values():
+            for k in ks:
+                verdict[k] = bool(verdicts[ks[0]])
+        return verdict
+
+    def _in_pool(self, todo: list[int], answers: Sequence[str | None], references: Sequence[Any]) -> dict[int, bool]:
         pool = self._get()
         jobs = {k: pool.apply_async(_grade_job, (answers[k], references[k])) for k in todo}
-        stuck = False
+        verdicts, stuck = {}, False
         for k, job in jobs.items():
             try:
-                verdict[k] = bool(job.get(timeout=self.timeout_s))
+                verdicts[k] = bool(job.get(timeout=self.timeout_s))
             except multiprocessing.TimeoutError:
-                stuck = True
+                stuck, verdicts[k] = True, False
                 warn_once(f"math grader: no verdict within {self.timeout_s:g} s, graded wrong:",
                           str(answers[k])[-300:], f"reference {references[k]!r}")
         if stuck:
             self.close()  # a worker may still be spinning in sympy
-        return verdict
+        return verdicts

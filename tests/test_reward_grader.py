@@ -308,3 +308,17 @@ def test_points_are_ordered_and_intervals_keep_their_brackets(a, b, lo, hi):
     other = ("[" if lo == "(" else "(") + interval[1:]
     assert not g.equivalent(other, interval)  # one bracket changed: another interval
     assert g.equivalent(f"{b}, {a}", f"{a}, {b}")  # "all solutions": any order
+
+
+def test_pool_grades_a_repeated_final_answer_once(monkeypatch):
+    calls = []
+
+    def counting(answer, references):
+        calls.append(answer)
+        return g.final_answer(answer) == references[0]
+
+    monkeypatch.setattr(g, "grade", counting)
+    pool = g.GradingPool(workers=0)
+    answers = ["so \\boxed{7}", "hence \\boxed{7}", "\\boxed{8}", None, "\\boxed{7}"]
+    assert pool.grade(answers, [["7"], ["7"], ["7"], ["7"], ["8"]]) == [True, True, False, False, False]
+    assert len(calls) == 3  # (7, [7]) once, (8, [7]), (7, [8])
