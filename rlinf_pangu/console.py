@@ -98,19 +98,22 @@ class Console:
         self._err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
         return self.log_path
 
-    def stop(self) -> None:
-        """Give fd 1 and 2 back (end of the run)."""
+    def stop(self, keep_log: bool = False) -> None:
+        """End of the run: the console is closed; fd 1 and 2 go back to it, or, with ``keep_log``
+        (the driver's exit), stay on the log, so that what upstream prints while the interpreter
+        winds down (RLinf's progress bar closing, Ray's shutdown) does not reach the console."""
         if self._saved is None:
             return
         self._end_setup_line()
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
+        if not keep_log:
+            os.dup2(self._saved[0], 1)
+            os.dup2(self._saved[1], 2)
         for fd in self._saved:
             os.close(fd)
         self._saved = None
-        if self._tee is not None:
+        if self._tee is not None and not keep_log:
             self._tee.stdin.close()
             self._tee.wait(timeout=30)
             self._tee = None

@@ -158,19 +158,19 @@ def run_dir_of(cfg) -> Path:
 def prepare(config: str, overrides: Sequence[str], console: "Console | None" = None):
     """Compose and check the config, export the environment, register Pangu: no worker yet.
 
-    With a ``console``, its log file starts once the YAML has passed the checks that need no
-    imports (a rejected YAML leaves no run folder behind), before anything upstream prints."""
+    With a ``console``, its log file starts once the YAML's keys are known good (an unknown key
+    leaves no run folder behind), before anything upstream prints."""
     from . import config as pc
 
     cfg = pc.compose(config, overrides)
     pc.check_known_keys(cfg)
     device = pc.device(cfg)
-    pc.check_placement(cfg)
-    pc.absolutize_paths(cfg)
     if console is not None:
         console.verbose = console.verbose or bool(cfg.pangu.report.get("verbose", False))
         console.start(run_dir_of(cfg))
         console.setup("config")
+    pc.check_placement(cfg)
+    pc.absolutize_paths(cfg)
     if device == "cpu":
         from .patches import cpu as cpu_mode  # the explicit CPU mode only
 
@@ -216,13 +216,11 @@ def build_and_run(cfg, console: "Console | None" = None) -> "object":
     cluster = Cluster(cluster_cfg=cfg.cluster)
     if console is not None:
         console.setup("workers")
+    placement = ModelParallelComponentPlacement(cfg, cluster)
     if device(cfg) == "cpu":
         from .patches import cpu as cpu_mode
 
-        placement = ModelParallelComponentPlacement(cfg, cpu_mode.placement_cluster(cfg, cluster))
         cpu_mode.driver_placement(placement)
-    else:
-        placement = ModelParallelComponentPlacement(cfg, cluster)
 
     rollout = get_rollout_backend_worker(cfg).create_group(cfg, placement).launch(
         cluster, name=cfg.rollout.group_name, placement_strategy=placement.get_strategy("rollout")
@@ -309,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         (console.error if console is not None else functools.partial(print, file=sys.stderr))(f"config error: {e}")
         if console is not None:
-            console.stop()
+            console.stop(keep_log=True)
         return 2
     except BaseException as e:
         return _failed(console, e)
@@ -330,16 +328,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_and_run(cfg, console)
     except BaseException as e:  # RLinf's worker-failure handler ends the driver with SystemExit(-1)
         return _failed(console, e)
-    console.stop()
+    console.stop(keep_log=True)
     return 0
 
 
 def _failed(console, exc: BaseException) -> int:
     if console is None:
         raise exc
-    log.error("the run failed", exc_info=(type(exc), exc, exc.__traceback__))  # into train.log
-    console.failure(exc)
-    console.stop()
+    console.failure(exc)  # reads the log before the driver's own traceback is added to it
+    log.error("the run failed", exc_info=(type(exc), exc, exc.__traceback__))
+    console.stop(keep_log=True)
     if isinstance(exc, KeyboardInterrupt):
         return 130
     code = getattr(exc, "code", None) if isinstance(exc, SystemExit) else None

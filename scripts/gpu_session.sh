@@ -21,7 +21,7 @@ grpo() {  # name config timeout [overrides...]
   local rc=$?
   echo "[gpu] $name rc=$rc in $((SECONDS - t0)) s"
   local dir; dir=$(ls -d $runs/*/ 2>/dev/null | tail -1)
-  for f in metrics.jsonl metrics.png; do
+  for f in metrics.jsonl metrics.png train.log; do  # train.log: what upstream printed (the console is quiet)
     [ -n "$dir" ] && [ -f "$dir/$f" ] && cp "$dir/$f" "$out/$name.$f"
   done
   if [ $rc -ne 0 ]; then

@@ -269,7 +269,7 @@ def fp32_megatron_args(original: Callable) -> Callable:
 
     Why: this CPU has no bf16 instructions (a bf16 matmul of the tiny model's LM head measured
     3.7 s vs 0.45 s in fp32), and in fp32 SGLang's rollout and the actor's recompute agree to
-    ~1e-6, which lets the CPU e2e hold the whole loop to an exact gate. RLinf asserts fp16/bf16
+    ~1e-5 (bf16: ~0.1), which lets the CPU e2e hold the whole loop to a tight gate. RLinf asserts fp16/bf16
     only because it writes Megatron's ``params_dtype`` from that branch; everything downstream
     (the model config's params_dtype, the optimizer without a grad scaler, the sync's reshard
     dtype) already handles fp32. Upstream runs with bf16 standing in for the branch; the args it
@@ -569,7 +569,10 @@ def driver_environment(cfg: Any) -> None:
     os.environ[ENV] = "cpu"
     os.environ[ENV_MAX_TOTAL_TOKENS] = str(int(cfg.rollout.get("cpu_max_total_tokens", 4096)))
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # nothing may pick up a GPU by accident
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # several processes share few cores
+    # The loop's phases take turns (rollout, reward, log-prob recompute, training): the one that
+    # computes may use every core (the demo's steps took ~12 s with 1 thread on 2 cores; see
+    # docs/runs/cpu-demo-2026-12-07 for 2).
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def placement_cluster(cfg: Any, cluster: Any) -> Any:
