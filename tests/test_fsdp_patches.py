@@ -17,7 +17,7 @@ import rlinf_pangu
 from rlinf_pangu.patches import PATCHES
 from rlinf_pangu.patches import rlinf as rp
 
-FSDP_PATCHES = (rp.FSDP_ATTN, rp.FSDP2_GRAD_NORM, rp.FSDP_LOGPROB_GAP)
+FSDP_PATCHES = (rp.FSDP_ATTN, rp.FSDP2_GRAD_NORM, rp.FSDP_LOGPROB_GAP, rp.FSDP_FP32_LOGPROBS)
 
 
 @pytest.mark.parametrize("name", FSDP_PATCHES)
@@ -36,6 +36,7 @@ def test_register_installs_every_fsdp_patch_on_rlinfs_classes():
     assert patched(FSDPModelManager.model_provider_func)
     assert patched(FSDP2Strategy.clip_grad_norm_)
     assert patched(fsdp_actor_worker.compute_math_rollout_metrics)
+    assert patched(fsdp_actor_worker.FSDPActor.compute_logprobs)
 
 
 def _actor_cfg(**model):
@@ -106,6 +107,31 @@ def test_rollout_metrics_wrapper_adds_the_gap_to_rlinfs_metrics():
     metrics, _, _ = wrapped(batch, 3, 1)
     assert calls == [(3, 1, None)]
     assert metrics["reward_scores"] == 0.5 and math.isclose(metrics["logprob_gap_max"], 0.25)
+
+
+def _bf16_logits_and_fp32_reference():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 8, 153376, generator=g) * 3).bfloat16()
+    target = torch.randint(0, 153376, (2, 8), generator=g)
+    want = torch.log_softmax(logits.float(), -1).gather(-1, target[..., None])[..., 0]
+    return logits, target, want
+
+
+class _Op:
+    entropy_op_type = "torch"
+
+
+def test_bf16_logits_give_fp32_logprobs():
+    """The patched FSDPActor.compute_logprobs equals fp32 math on the same bf16 logits; RLinf's own
+    method (the negative control) is off by more than the Megatron sync gap."""
+    rlinf_pangu.register()
+    from rlinf.workers.actor.fsdp_actor_worker import FSDPActor
+
+    logits, target, want = _bf16_logits_and_fp32_reference()
+    got = FSDPActor.compute_logprobs(_Op(), logits, target)
+    assert (got - want).abs().max().item() < 1e-4
+    unpatched = FSDPActor.compute_logprobs.__rlinf_pangu_original__(_Op(), logits, target)
+    assert (unpatched - want).abs().mean().item() > 5e-3
 
 
 class _Actor:

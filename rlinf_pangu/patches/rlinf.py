@@ -1237,3 +1237,44 @@ def _fsdp_logprob_gap_metric() -> None:
             fa.compute_math_rollout_metrics = make_fsdp_rollout_metrics(fa.compute_math_rollout_metrics)
 
     after_import(_FACTOR, install)
+
+
+FSDP_FP32_LOGPROBS = "rlinf.FSDPActor:fp32-logprobs"
+_RLINF_UTILS = "rlinf.utils.utils"
+
+
+def make_fp32_compute_logprobs(original: Callable) -> Callable:
+    """``FSDPActor.compute_logprobs`` with RLinf's ``torch`` op fed fp32 logits (bf16/fp16 ones
+    upcast for the log-softmax only; fp32 ones pass unchanged)."""
+    import torch
+
+    def compute_logprobs(self, logits, target):
+        if getattr(self, "entropy_op_type", "torch") == "torch" and logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()
+        return original(self, logits, target)
+
+    return mark(compute_logprobs, original)
+
+
+def _torch_logprobs_in_logits_dtype() -> bool:
+    ours = source_of(_RLINF_UTILS, "compute_logprobs_from_logits")
+    return (
+        "-F.cross_entropy(logits, labels" in ours
+        and "logits.float()" not in ours
+        and "op_type=self.entropy_op_type" in source_of(_FACTOR, "FSDPActor.compute_logprobs")
+    )
+
+
+@patch(
+    FSDP_FP32_LOGPROBS,
+    why="RLinf's FSDP actor computes log-probs with flash-attn's fp32 kernel by default; its 'torch' op (the one this stack can run) does the 153k-vocab log-softmax in the logits' dtype: in bf16 that is off by 0.017-0.027 nats on average, 0.06 worst (measured), more than the whole Megatron sync gap (0.014) and straight into the PPO ratio",
+    module=_FACTOR,
+    applies=_torch_logprobs_in_logits_dtype,
+)
+def _fsdp_fp32_logprobs() -> None:
+    def install(fa) -> None:
+        cls = fa.FSDPActor
+        if not patched(cls.compute_logprobs):
+            cls.compute_logprobs = make_fp32_compute_logprobs(cls.compute_logprobs)
+
+    after_import(_FACTOR, install)
