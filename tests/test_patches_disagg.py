@@ -181,3 +181,28 @@ def test_cpu_mode_runs_the_inference_workers_own_tasks_in_the_device_mode():
     before, after = json.loads(_fresh(code))
     assert before == {"init_worker": False, "sync_model_from_actor": False}
     assert after == {"init_worker": True, "sync_model_from_actor": True}
+
+
+def test_cpu_mode_counts_cpu_slots_in_every_placement_parse():
+    """RLinf parses the placement in the driver and again inside workers (its reward worker builds
+    a HybridComponentPlacement against Cluster() in its own process); in a CPU-mode process every
+    parse counts CPU slots, never the one-node cluster (where rank 1 does not exist)."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples/math/pangu-tiny-grpo-megatron-disagg-cpu.yaml"
+    code = (
+        "import json, os\n"
+        "os.environ['RLINF_PANGU_DEVICE'] = 'cpu'\n"
+        "import rlinf_pangu\nrlinf_pangu.register()\n"
+        "from rlinf_pangu import config as pc\n"
+        f"cfg = pc.compose({str(example)!r}, ['rollout.model.model_path=/nowhere'])\n"
+        "from rlinf.utils.placement import HybridComponentPlacement, ModelParallelComponentPlacement\n"
+        "class OneCpuNode:\n"
+        "    num_accelerators = 0\n"
+        "    def get_node_group(self, label=None):\n"
+        "        raise AssertionError('parsed against the one-node cluster')\n"
+        "h = HybridComponentPlacement(cfg, OneCpuNode())\n"
+        "m = ModelParallelComponentPlacement(cfg, OneCpuNode())\n"
+        "print(json.dumps([h.get_hardware_ranks('inference'), m.placement_mode.name]))\n"
+    )
+    assert json.loads(_fresh(code)) == [[2], "DISAGGREGATED"]

@@ -8,8 +8,8 @@ checks that.
 
 Where each redirect runs (all are idempotent):
 
-* the driver — :func:`placement_cluster` and :func:`driver_placement`: placement ranks as CPU
-  slots, node placement and the direct-tensor weight sync;
+* the driver — :func:`driver_placement`: node placement and the direct-tensor weight sync;
+  every process — placement ranks as CPU slots (:func:`placement_cluster`);
 * every RLinf worker process — :func:`activate` (called by ``rlinf_pangu.register()``, i.e. by
   RLinf's ``RLINF_EXT_MODULE`` hook): the CPU torch platform for RLinf's accelerator layer, and
   hooks that take effect when the Megatron actor, the FSDP actor or the SGLang rollout is imported;
@@ -544,6 +544,7 @@ def arm() -> None:
         return
     _after_import(_ACCEL, _accelerator_util)
     _after_import(_WORKER, _platform)
+    _after_import("rlinf.scheduler.placement.placement", _component_placement)
     _after_import("megatron.core.tensor_parallel.random", _megatron_rng)
     _after_import("megatron.core.parallel_state", _gloo_groups)
     _after_import("rlinf.utils.initialize", _fp32_args)
@@ -576,7 +577,7 @@ def driver_environment(cfg: Any) -> None:
 
 
 def placement_cluster(cfg: Any, cluster: Any) -> Any:
-    """What RLinf's placement class reads the CPU YAML's ranks against: CPU slots of node 0.
+    """What RLinf's placement classes read the CPU YAML's ranks against: CPU slots of node 0.
 
     On a node without accelerators RLinf counts placement ranks in nodes, so one host offers rank
     0 only, and every component lands on it: colocated in RLinf's eyes. Its disaggregated mode
@@ -589,6 +590,26 @@ def placement_cluster(cfg: Any, cluster: Any) -> Any:
 
     del cluster
     return PlannedDevices(planned_devices(cfg))
+
+
+def _component_placement(pm) -> None:
+    """Every parse of ``cluster.component_placement`` in a CPU-mode process counts CPU slots
+    (:func:`placement_cluster`): the driver's placement, and the ones RLinf builds inside workers
+    (its reward worker parses the YAML against ``Cluster()`` in its own process)."""
+    from rlinf_pangu.placement import PlannedDevices
+
+    cls = pm.ComponentPlacement
+    init = cls.__init__
+    if getattr(init, "__rlinf_pangu_cpu__", False):
+        return
+
+    def __init__(self, config, cluster, *args, **kwargs):
+        if not isinstance(cluster, PlannedDevices):
+            cluster = placement_cluster(config, cluster)
+        init(self, config, cluster, *args, **kwargs)
+
+    __init__.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    cls.__init__ = __init__
 
 
 def driver_placement(placement: Any) -> None:
