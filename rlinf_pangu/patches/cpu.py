@@ -489,6 +489,24 @@ def _sgl_scheduler(ss) -> None:
     cls.init_rlinf_worker = init_rlinf_worker
 
 
+def _sglang_model_loader(loader) -> None:
+    """SGLang's CPU-only patches (``rlinf_pangu/patches/sglang.py``: the native rotary path) before
+    *any* model class is built. Pangu's class applies them itself; SGLang's own classes (the
+    Qwen2 baseline of ``benchmarks/grpo_step.py``) otherwise reach for vllm's CUDA rotary op."""
+    fn = loader._initialize_model
+    if getattr(fn, "__rlinf_pangu_cpu__", False):
+        return
+
+    def _initialize_model(*args, **kwargs):
+        from .sglang import apply_sglang_cpu_patches
+
+        apply_sglang_cpu_patches()
+        return fn(*args, **kwargs)
+
+    _initialize_model.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    loader._initialize_model = _initialize_model
+
+
 # --------------------------------------------------------------------------------------
 # The negative control of the CPU e2e (the driver)
 # --------------------------------------------------------------------------------------
@@ -556,6 +574,7 @@ def arm() -> None:
     _after_import("rlinf.workers.actor.fsdp_actor_worker", _fsdp_actor)
     _after_import("rlinf.workers.rollout.sglang.sglang_worker", _sglang_worker)
     _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _sgl_scheduler)
+    _after_import("sglang.srt.model_loader.loader", _sglang_model_loader)
     _after_import("rlinf.runners.reasoning_runner", _skip_sync)
     log.info("CPU mode: redirects armed in pid %d", os.getpid())
 

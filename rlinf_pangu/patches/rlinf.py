@@ -1278,3 +1278,276 @@ def _fsdp_fp32_logprobs() -> None:
             cls.compute_logprobs = make_fp32_compute_logprobs(cls.compute_logprobs)
 
     after_import(_FACTOR, install)
+
+
+# ======================================================================================
+# RLinf's own models on this stack (benchmarks/grpo_step.py runs a Qwen2 baseline through
+# RLinf's native path: its converter, its TransformFuncs sync, SGLang's own model class),
+# and the step-phase trace that benchmark reads
+# ======================================================================================
+
+ROPE_THETA = "rlinf.validate_model_cfg_by_hf_config:rope_theta"
+
+
+def expose_rope_theta(hf_config: Any) -> None:
+    """Give a transformers-5 config (and its ``text_config``) the ``rope_theta`` attribute that
+    transformers 4 configs had, read from ``rope_parameters``; a config that has one is left alone."""
+    for cfg in (hf_config, getattr(hf_config, "text_config", None)):
+        if cfg is None or hasattr(cfg, "rope_theta"):
+            continue
+        params = getattr(cfg, "rope_parameters", None)
+        if isinstance(params, dict) and "rope_theta" in params:
+            cfg.rope_theta = params["rope_theta"]
+
+
+@contextlib.contextmanager
+def rope_theta_readable():
+    """While active, configs from ``transformers.AutoConfig.from_pretrained`` expose ``rope_theta``."""
+    import transformers
+
+    auto = transformers.AutoConfig
+    descriptor = auto.__dict__["from_pretrained"]
+    load = auto.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        cfg = load(*args, **kwargs)
+        expose_rope_theta(cfg)
+        return cfg
+
+    auto.from_pretrained = from_pretrained
+    try:
+        yield
+    finally:
+        auto.from_pretrained = descriptor
+
+
+def make_rope_theta_validate(original: Callable) -> Callable:
+    def validate_model_cfg_by_hf_config(cfg, hf_model_path):
+        with rope_theta_readable():
+            return original(cfg, hf_model_path)
+
+    validate_model_cfg_by_hf_config.__rlinf_pangu_rope_theta__ = True  # type: ignore[attr-defined]
+    return mark(validate_model_cfg_by_hf_config, original)
+
+
+def _rlinf_reads_rope_theta() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("transformers").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return major >= 5 and "hf_config.rope_theta" in source_of("rlinf.config", "validate_model_cfg_by_hf_config")
+
+
+@patch(
+    ROPE_THETA,
+    why="RLinf's validate_model_cfg_by_hf_config reads hf_config.rope_theta, which transformers 5 configs no longer have (moved into rope_parameters): every Qwen2/Qwen3/Llama checkpoint, a Qwen2.5 config.json from the hub included, fails with AttributeError before a worker starts (Pangu's own config class keeps the attribute)",
+    module="rlinf.config",
+    applies=_rlinf_reads_rope_theta,
+)
+def _rope_theta_from_rope_parameters() -> None:
+    # Declared (so applied) after rlinf.validate_model_cfg_by_hf_config: it wraps the Pangu check,
+    # whose own idempotence test would otherwise take this wrapper for its own and skip.
+    rc = mod("rlinf.config")
+    fn = rc.validate_model_cfg_by_hf_config
+    if not getattr(fn, "__rlinf_pangu_rope_theta__", False):
+        rc.validate_model_cfg_by_hf_config = make_rope_theta_validate(fn)
+
+
+SAMPLING_PARAMS = "rlinf.SGLangWorker:sampling-params-complete"
+#: ``algorithm.sampling_params`` keys RLinf's SGLang rollout drops and SGLang takes as they are.
+SAMPLING_KEYS_PASSED_ON = ("min_new_tokens",)
+
+
+def make_sampling_params(original: Callable) -> Callable:
+    """RLinf's ``get_sampling_param_from_config`` plus the keys of :data:`SAMPLING_KEYS_PASSED_ON`
+    that the YAML sets (not null); RLinf's own keys are never overridden."""
+
+    def get_sampling_param_from_config(cfg_sampling_params):
+        params = original(cfg_sampling_params)
+        for key in SAMPLING_KEYS_PASSED_ON:
+            value = cfg_sampling_params.get(key, None)
+            if value is not None and key not in params:
+                params[key] = int(value)
+        return params
+
+    return mark(get_sampling_param_from_config, original)
+
+
+@patch(
+    SAMPLING_PARAMS,
+    why="RLinf's SGLang rollout hands SGLang only temperature/top_k/top_p/repetition_penalty/max_new_tokens: algorithm.sampling_params.min_new_tokens is silently dropped, so no YAML can keep a response from stopping early (benchmarks/grpo_step.py fixes every response's length with min_new_tokens = max_new_tokens)",
+    module=_SGL_WORKER,
+    applies=lambda: "def get_sampling_param_from_config" in upstream_source(_SGL_WORKER)
+    and "min_new_tokens" not in upstream_source(_SGL_WORKER),
+)
+def _sampling_params_complete() -> None:
+    def install(sw) -> None:
+        fn = sw.SGLangWorker.get_sampling_param_from_config
+        if not patched(fn):
+            sw.SGLangWorker.get_sampling_param_from_config = staticmethod(make_sampling_params(fn))
+
+    after_import(_SGL_WORKER, install)
+
+
+PHASE_TRACE = "rlinf.*:phase-trace"
+
+
+@patch(
+    PHASE_TRACE,
+    why="additive timing, only with RLINF_PANGU_PHASE_TRACE set: RLinf's step timers overlap (time/reward holds the whole rollout) and leave out the offload/onload around each phase, so 'step minus the named phases' says nothing; every process appends wall-clock spans of RLinf's phases and of its offload/onload calls (rlinf_pangu.phase_trace; read by benchmarks/grpo_step.py)",
+    module=_RUNNER,
+    applies=lambda: "worker_timer" not in source_of(_MM, "MegatronModelManager.offload_megatron_optimizer")
+    and "timer" not in source_of(_MWORKER, "MegatronWorker._load_weight_and_optimizer"),
+    startup=True,  # SGLang's scheduler processes (release/resume, weight loading) are traced too
+)
+def _phase_trace() -> None:
+    from rlinf_pangu import phase_trace
+
+    if not phase_trace.enabled():
+        return
+    for module, targets in phase_trace.targets_by_module().items():
+        after_import(module, functools.partial(phase_trace.install, targets=targets))
+
+
+# --- megatron-core's own modules (no Transformer Engine) for RLinf's native models ------
+
+NATIVE_CKPT_NORM_NAMES = "rlinf.convert_hf_to_mg:norm-names-of-the-spec"
+NATIVE_SYNC_NORM_NAMES = "rlinf.BaseConvertor:local-norm-names"
+#: Megatron norm names: Transformer Engine fuses each pre-norm into the linear after it
+#: (RLinf's converter writes and its TransformFuncs read only these); megatron-core's own
+#: modules keep them apart. (TE-fused suffix, local suffix) within a layer.
+TE_TO_LOCAL_NORMS: tuple[tuple[str, str], ...] = (
+    ("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight"),
+    ("self_attention.linear_qkv.layer_norm_bias", "input_layernorm.bias"),
+    ("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"),
+    ("mlp.linear_fc1.layer_norm_bias", "pre_mlp_layernorm.bias"),
+)
+def _layer_split(name: str) -> tuple[str, str] | None:
+    """``("decoder.layers.3.", "mlp.linear_fc1.layer_norm_weight")`` for a layer parameter, else None."""
+    i = name.rfind("layers.")
+    if i < 0 or (i > 0 and name[i - 1] != "."):
+        return None
+    num, dot, suffix = name[i + len("layers."):].partition(".")
+    if not (num.isdigit() and dot and suffix):
+        return None
+    return name[: i + len("layers.") + len(num) + 1], suffix
+
+
+def te_norm_to_local(name: str) -> str | None:
+    """The local-module name of a TE-fused norm parameter (None: not one)."""
+    split = _layer_split(name)
+    return next((split[0] + local for te, local in TE_TO_LOCAL_NORMS if split and split[1] == te), None)
+
+
+def local_norm_to_te(name: str) -> str | None:
+    """The TE-fused name of a local module's norm parameter (None: not one)."""
+    split = _layer_split(name)
+    return next((split[0] + te for te, local in TE_TO_LOCAL_NORMS if split and split[1] == local), None)
+
+
+def localize_megatron_checkpoint(save_path: str | Path) -> int:
+    """Rename the TE-fused norm keys of every rank file under ``save_path`` to megatron-core's own
+    names and drop TE's ``_extra_state`` entries (local modules have none, and Megatron's strict
+    load would fail on them); each file is rewritten aside and renamed into place. Returns how
+    many keys were renamed."""
+    import torch
+
+    renamed = 0
+    for f in sorted(Path(save_path).rglob("model_optim_rng.pt")):
+        ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        changed = False
+        for key in [k for k in ckpt if k == "model" or (k.startswith("model") and k[5:].isdigit())]:
+            state = ckpt[key]
+            new = {}
+            for name, value in state.items():
+                if name.endswith("._extra_state"):
+                    changed = True
+                    continue
+                local = te_norm_to_local(name)
+                new[local or name] = value
+                renamed += local is not None
+                changed |= local is not None
+            ckpt[key] = new
+        if changed:
+            tmp = f.with_name(f.name + ".partial")
+            torch.save(ckpt, tmp)
+            tmp.replace(f)
+    return renamed
+
+
+def make_native_norm_converter(original: Callable) -> Callable:
+    """RLinf's ``convert_hf_to_mg``; then, for a checkpoint RLinf itself converted (not Pangu's:
+    the project's converter writes the names the spec needs) for an actor config (``ckpt_cfg`` is
+    its ``megatron.ckpt_convertor``, as RLinf's runner passes it) that builds megatron-core's own
+    modules (``ckpt_convertor.startup.settings_from_config``: spec name, ``transformer_impl``, TE
+    installed), the norm keys renamed to the local modules' names."""
+
+    def convert_hf_to_mg(hf_ckpt_path, ckpt_cfg):
+        from ckpt_convertor.startup import is_pangu_checkpoint, settings_from_config
+
+        out = original(hf_ckpt_path, ckpt_cfg)
+        in_actor = getattr(getattr(ckpt_cfg, "_get_parent", lambda: None)(), "_get_parent", lambda: None)() is not None
+        if (in_actor and not is_pangu_checkpoint(hf_ckpt_path)  # a bare call: the model is unknown, names kept
+                and settings_from_config(hf_ckpt_path, ckpt_cfg)["norm_names"] == "local"):
+            n = localize_megatron_checkpoint(ckpt_cfg.save_path)
+            log.info("RLinf's converter wrote Transformer Engine's fused norm names; renamed %d to megatron-core's "
+                     "local modules' names in %s", n, ckpt_cfg.save_path)
+        return out
+
+    convert_hf_to_mg.__rlinf_pangu_local_norms__ = True  # type: ignore[attr-defined]
+    return mark(convert_hf_to_mg, original)
+
+
+@patch(
+    NATIVE_CKPT_NORM_NAMES,
+    why="RLinf's converter writes only Transformer Engine's fused norm names (linear_qkv.layer_norm_weight, linear_fc1.layer_norm_weight; it asserts te_ln_linear_qkv); a Qwen/Llama actor built with megatron-core's own modules (no TE, or transformer_impl: local) names them input_layernorm/pre_mlp_layernorm, so Megatron's strict load fails and its non-strict fallback leaves every norm at its initial value, silently",
+    module=_RLINF_CONVERTER,
+    applies=lambda: "te_ln_linear_qkv is True" in upstream_source(_RLINF_CONVERTER),
+)
+def _native_ckpt_norm_names() -> None:
+    def install(converter) -> None:
+        fn = converter.convert_hf_to_mg
+        if not getattr(fn, "__rlinf_pangu_local_norms__", False):
+            converter.convert_hf_to_mg = make_native_norm_converter(fn)
+
+    after_import(_RLINF_CONVERTER, install)  # after the Pangu dispatch (declared earlier): it wraps it
+
+
+_RLINF_CONVERTOR_UTILS = "rlinf.utils.convertor.utils"
+
+
+def make_local_norm_map_name(original: Callable) -> Callable:
+    """``BaseConvertor.map_name`` that maps a local module's norm like its TE-fused twin when no
+    rule of the convertor matches it (a convertor with rules for the local names is unchanged)."""
+
+    def map_name(self, name):
+        mapped = original(self, name)
+        if mapped is None:
+            te = local_norm_to_te(name)
+            if te is not None:
+                mapped = original(self, te)
+        return mapped
+
+    return mark(map_name, original)
+
+
+@patch(
+    NATIVE_SYNC_NORM_NAMES,
+    why="RLinf's Megatron->HF TransformFuncs (Qwen2.5/Qwen3 convertors) have rules for Transformer Engine's fused norm names only: a model built with megatron-core's own modules (no TE, or transformer_impl: local) has input_layernorm/pre_mlp_layernorm, which the strict weight sync rejects (KeyError: Unmapped key)",
+    module=_RLINF_CONVERTOR_UTILS,
+    # RLinf's dense rules match the TE-fused "linear_qkv\.layer_norm_weight", none the local "\.input_layernorm\."
+    applies=lambda: "linear_qkv\\.layer_norm_weight" in upstream_source(_RLINF_CONVERTOR_UTILS)
+    and "\\.input_layernorm\\." not in upstream_source(_RLINF_CONVERTOR_UTILS),
+)
+def _native_sync_norm_names() -> None:
+    def install(cu) -> None:
+        if not patched(cu.BaseConvertor.map_name):
+            cu.BaseConvertor.map_name = make_local_norm_map_name(cu.BaseConvertor.map_name)
+
+    after_import(_RLINF_CONVERTOR_UTILS, install)
+
+
+#: What RLinf's own model path needs on this stack (benchmarks/grpo_step.py names them in its JSON).
+NATIVE_MODEL_PATCHES = (ROPE_THETA, SAMPLING_PARAMS, NATIVE_CKPT_NORM_NAMES, NATIVE_SYNC_NORM_NAMES)
