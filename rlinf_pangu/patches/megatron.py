@@ -220,3 +220,47 @@ def _weights_only_checkpoint_load() -> None:
             ckpt._load_base_checkpoint = make_weights_only_load(ckpt._load_base_checkpoint)
 
     after_import(_CHECKPOINTING, install)
+
+
+DP_ZERO_LOAD = "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-no-grad"
+_DISTRIB_OPTIMIZER = "megatron.core.optimizer.distrib_optimizer"
+
+
+def make_no_grad(original: Any) -> Any:
+    import functools
+
+    @functools.wraps(original)
+    def load_parameter_state_from_dp_zero(self, *args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return original(self, *args, **kwargs)
+
+    load_parameter_state_from_dp_zero.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return load_parameter_state_from_dp_zero
+
+
+def _dp_zero_load_tracks_grad() -> bool:
+    from .core import source_of
+
+    load = source_of(_DISTRIB_OPTIMIZER, "DistributedOptimizer.load_parameter_state_from_dp_zero")
+    setter = source_of(_DISTRIB_OPTIMIZER, "DistributedOptimizer._set_main_param_and_optimizer_states")
+    return bool(load) and "no_grad" not in load and ".copy_(" in setter and "no_grad" not in setter
+
+
+@patch(
+    DP_ZERO_LOAD,
+    why="megatron-core 0.19's DistributedOptimizer.load_parameter_state_from_dp_zero (the torch-format load of distrib_optim.pt) copies into the fp32 main parameters outside torch.no_grad, which its sibling loaders have: every resume failed with 'a view of a leaf Variable that requires grad is being used in an in-place operation'",
+    module=_DISTRIB_OPTIMIZER,
+    applies=_dp_zero_load_tracks_grad,
+)
+def _dp_zero_load_without_grad() -> None:
+    from .core import after_import
+
+    def install(do) -> None:
+        cls = do.DistributedOptimizer
+        fn = cls.load_parameter_state_from_dp_zero
+        if not hasattr(fn, "__rlinf_pangu_original__"):
+            cls.load_parameter_state_from_dp_zero = make_no_grad(fn)
+
+    after_import(_DISTRIB_OPTIMIZER, install)
