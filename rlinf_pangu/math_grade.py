@@ -620,6 +620,7 @@ def _distinct(s: Structure) -> tuple:
 # --- the comparison --------------------------------------------------------------------------
 
 _CHOICE = re.compile(r"\(?\s*([A-E])\s*\)?")
+_CHOICE_LEAD = re.compile(r"(?:\\text\{)?\(?([A-E])(?:\)|\.|:)\}?\s")  # "(B) 12 apples", "B. 12"
 _SHORT_LHS = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?|[a-zA-Z]\s*\(\s*[a-zA-Z]\s*\)")
 
 
@@ -713,8 +714,9 @@ def equivalent(pred: str, ref: str) -> bool:
     if p.replace(" ", "").lower() == r.replace(" ", "").lower():
         return True
     rc = _choice(r)
-    if rc is not None and _choice(p) is not None:
-        return _choice(p) == rc
+    if rc is not None:  # a choice is its letter; RLinf's verifier takes any lone letter in the text ("2a^2b")
+        lead = _CHOICE_LEAD.match(p)
+        return (_choice(p) or (lead[1] if lead else None)) == rc
     relation = _inequalities_equal(p, r)
     if relation is not None:
         return relation

@@ -129,6 +129,8 @@ def test_not_a_plain_number(text):
         ("\\{1,1,2\\}", "\\{1,2\\}", True),
         ("2^3", "1", False),  # plain sympy parsing reads 2^3 as 2 XOR 3
         ("I think the answer might be 5 or 6", "5", False),
+        ("2a^2b", "B", False),  # RLinf: any lone letter B in the answer picks choice B
+        ("(B) 12 apples", "B", True),
     ],
 )
 def test_equivalent(pred, ref, same):
