@@ -108,3 +108,30 @@ def test_pangu_math_loses_nothing_rlinfs_verifier_gets_right(worker_verdicts):
     lost = [r for r, p, s in zip(_rows(), worker_verdicts["pangu"], worker_verdicts["stock"])
             if s == r["correct"] and p != r["correct"]]
     assert lost == []
+
+
+#: References of the set that name the same value (a right answer to one is right for the other).
+SAME_VALUE = [
+    {"0.125", "12.5\\%"}, {"0.5", "\\frac{1}{2}"}, {"2.25", "2\\frac{1}{4}"}, {"3\\frac{1}{2}", "\\frac{7}{2}"},
+    {"45", "45^\\circ"}, {"\\frac{1}{6}", "\\frac16"},
+]
+
+
+@pytest.mark.slow  # ~1,500 gradings, most through the LaTeX parser and RLinf's verifier
+def test_a_right_answer_is_wrong_for_other_references():
+    # Negative control: the right answers of the set graded against references of other values
+    # (each against 5 others, in a fixed rotation, to stay cheap; all pairs passed once, 2026-12-07).
+    from rlinf_pangu import math_grade
+    from rlinf_pangu.reward import answer_for_grading
+
+    rows = _rows()
+    refs = sorted({r["reference"] for r in rows})
+    passed = []
+    for n, r in enumerate(x for x in rows if x["correct"] and x["form"] != "special"):
+        answer = answer_for_grading(r["completion"])
+        for k in range(1, 6):
+            ref = refs[(refs.index(r["reference"]) + k * (n % 7 + 1)) % len(refs)]
+            same = ref == r["reference"] or any({ref, r["reference"]} <= group for group in SAME_VALUE)
+            if not same and math_grade.grade(answer, [ref]):
+                passed.append((r["id"], r.get("value"), ref))
+    assert passed == []
