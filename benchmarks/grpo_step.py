@@ -103,7 +103,7 @@ SETUPS: dict[tuple[str, str], Setup] = {
     ("1b", "cuda"): Setup("examples/math/pangu-1b-grpo-megatron.yaml", "bf16", 32, 8, (256, 512), 256, 2, 10),
     ("tiny", "cuda"): Setup("examples/math/pangu-tiny-grpo-megatron.yaml", "bf16", 32, 8, (32, 64), 32, 2, 10),
     # The CPU dry run: the wiring, not speed (2 cores here). 4 x 4 sequences, one micro-batch each.
-    ("tiny", "cpu"): Setup("examples/math/pangu-tiny-grpo-megatron-cpu.yaml", "fp32", 4, 4, (16, 24), 8, 1, 1,
+    ("tiny", "cpu"): Setup("examples/math/pangu-tiny-grpo-megatron-cpu.yaml", "fp32", 4, 4, (24, 32), 8, 1, 1,
                            ("algorithm.training_batch_size_per_gpu=16", "algorithm.logprob_forward_micro_batch_size=16",
                             "rollout.max_running_requests=16")),
 }
@@ -218,9 +218,9 @@ def make_prompts(path: Path, tokenizer_dir: Path, n: int, lo: int, hi: int, seed
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     rng = random.Random(seed)
 
-    def length(words: list[str]) -> int:
+    def length(words: list[str]) -> int:  # as RLinf's ReasoningDataset counts: template as text, then encode
         msg = [{"role": "user", "content": " ".join(words)}]
-        return len(tok.apply_chat_template(msg, add_generation_prompt=True, tokenize=True))
+        return len(tok(tok.apply_chat_template(msg, add_generation_prompt=True, tokenize=False))["input_ids"])
 
     rows, lengths = [], []
     for i in range(n):
@@ -236,8 +236,9 @@ def make_prompts(path: Path, tokenizer_dir: Path, n: int, lo: int, hi: int, seed
         words = words[:a]
         lengths.append(length(words))
         rows.append({"prompt": [{"role": "user", "content": " ".join(words)}], "answer": str(rng.randint(0, 9))})
-    if max(lengths) > hi:
-        raise RuntimeError(f"prompt of {max(lengths)} tokens > {hi}")
+    if max(lengths) > hi or min(lengths) < lo:
+        raise RuntimeError(f"prompt lengths {min(lengths)}..{max(lengths)} outside {lo}..{hi} (the chat template "
+                           "alone may be longer than the low end)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -676,6 +677,7 @@ def overrides_for(setup: Setup, prompts_path: Path, ckpt: Path, impl: str, extra
         f"rollout.model.model_path={ckpt}",
         "pangu.make_checkpoint.enabled=false",
         "pangu.report.plot=false",
+        "runner.save_interval=-1",  # no checkpoint (the examples save one every 10 steps and at the last)
         f"runner.max_steps={setup.warmup + setup.steps}",
         f"runner.seq_length={hi + setup.response_tokens}",
         f"data.max_prompt_length={hi}",
@@ -768,6 +770,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["workload"]["dims_equal"] = report["workload"]["dims"]["pangu"] == report["workload"]["dims"]["baseline"]
     json_path = out / f"{name}.json"
+    kept = work / f"{name}.json"  # a copy on the machine: a later call with --arms can complete it
+    carried = earlier_arms(kept, report, arms)
+    report.update(carried)
+    if carried:
+        report["ratios"] = ratios(report)
     write_json(json_path, report)
 
     results: dict[str, RunResult] = {}
@@ -785,12 +792,33 @@ def main(argv: list[str] | None = None) -> int:
         report[arm] = analyse(r, setup, setup.warmup, n_gpus=1)
         report["ratios"] = ratios(report)
         write_json(json_path, report)  # after each run: a later timeout keeps this one
+        write_json(kept, report)
     report["archive"] = archive(out, name, results).name
     report["benchmark_wall_s"] = round(time.monotonic() - t_start, 1)
     write_json(json_path, report)
     summary(report)
+    write_json(kept, report)
     ok = all(report.get(arm, {}).get("returncode") == 0 for arm in arms)
     return 0 if ok else 1
+
+
+def earlier_arms(path: Path, report: dict[str, Any], arms: list[str]) -> dict[str, Any]:
+    """The arms this call does not run, from an earlier call's JSON in the same work folder, if it
+    measured the same workload on the same device and commit (when one call cannot hold both
+    runs: ``--arms pangu`` then ``--arms baseline`` on the same warm machine)."""
+    if not path.is_file() or set(arms) == set(ARMS):
+        return {}
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get(k) == report.get(k) for k in ("device", "commit", "workload", "transformer_impl"))
+    if not same:
+        log.warning("%s measured another workload, device or commit: not combined", path)
+        return {}
+    out = {}
+    for arm in ARMS:
+        if arm not in arms and isinstance(earlier.get(arm), dict) and "median" in earlier[arm]:
+            out[arm] = {**earlier[arm], "from_an_earlier_call": True}
+            log.info("[%s] taken from the earlier call's %s", arm, path)
+    return out
 
 
 def summary(report: dict[str, Any]) -> None:
