@@ -37,7 +37,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("train_s", ("time/actor/training",), "{:.1f}"),
     Column("sync_s", ("time/sync_weights",), "{:.2f}"),
     Column("step_s", ("time/step",), "{:.1f}"),
-    Column("lp_gap_max", ("rollout/logprob_gap_max",), "{:.4f}"),
+    Column("lp_gap_max", ("rollout/logprob_gap_max",), "{:.1e}"),  # fp32 ~1e-5, bf16 ~1e-1
     Column("ppo_kl", ("actor/training/actor/approx_kl", "actor/training/actor/proximal_approx_kl"), "{:.2e}"),
     Column("clip_frac", ("actor/training/actor/clip_fraction",), "{:.3f}"),
 )
