@@ -186,15 +186,15 @@ def test_logprob_gap_is_measured_on_response_tokens():
     assert gap["logprob_gap_max"] == pytest.approx(0.3) and gap["logprob_gap_mean"] == pytest.approx(0.4 / 3)
 
 
-def test_math_verifier_grades_with_the_latex2sympy2_standin():
-    # Numbers and plain sympy expressions grade; LaTeX-only forms (\\frac{1}{2}) need a
-    # latex2sympy2/antlr pair that agrees with hydra's antlr 4.9 (none exists): a known limit.
+def test_math_verifier_grades_latex_with_the_lark_parser_in_place_of_latex2sympy2():
+    # RLinf's verifier, patched: latex2sympy2 is the project's Lark-backed parser (no ANTLR), so
+    # LaTeX-only forms (\\frac{1}{2}) grade as well as numbers; a wrong number still fails.
     out = _fresh(
         "import rlinf_pangu; rlinf_pangu.register()\n"
         "from rlinf.algorithms.rewards.math.math_verifier.verify import math_verify_call\n"
-        "print(math_verify_call(['\\\\boxed{5}', '\\\\boxed{4}', '\\\\boxed{0.50}'], [['5'], ['5'], ['0.5']]))"
+        "print(math_verify_call(['\\\\boxed{5}', '\\\\boxed{4}', '\\\\boxed{0.50}', '\\\\boxed{\\\\frac{1}{2}}'], [['5'], ['5'], ['0.5'], ['0.5']]))"
     )
-    assert out == "[True, False, True]"
+    assert out == "[True, False, True, True]"
 
 
 def test_custom_forward_unpacked_without_te():
