@@ -20,7 +20,7 @@ SGLang weight sync before each step, and the pangu_math reward. Two runs (module
   - the actor's weights changed (the Megatron checkpoint after the last step differs from the
     converted start checkpoint), every step is reported, each reward is the verifier's verdict
     on the answer part, and the console stays quiet while train.log holds what upstream printed;
-* the negative control (1 step, ``RLINF_PANGU_CPU_SKIP_SYNC=1``: the CPU mode skips the sync, so
+* the negative control (1 step, ``RLINF_PANGU_CPU_SKIP_SYNC=1``: SGLang receives the sync and loads none of it, so
   SGLang serves its random ``load_format=dummy`` weights): the same gate must fail.
 """
 

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 #: SGLang's KV cache size in tokens (from ``rollout.cpu_max_total_tokens``), set by the driver.
 ENV_MAX_TOTAL_TOKENS = "RLINF_PANGU_SGLANG_MAX_TOTAL_TOKENS"
-#: ``1``: the runner skips every Megatron -> SGLang weight sync. Only the CPU e2e's negative
-#: control sets it (SGLang then keeps its random start weights, so the post-sync gate must fail).
+#: ``1``: SGLang loads none of the weights the Megatron -> SGLang sync sends. Only the CPU e2e's
+#: negative control sets it (SGLang then keeps its random start weights: the post-sync gate must fail).
 ENV_SKIP_SYNC = "RLINF_PANGU_CPU_SKIP_SYNC"
 
 _DONE: set[str] = set()
@@ -508,29 +508,31 @@ def _sglang_model_loader(loader) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The negative control of the CPU e2e (the driver)
+# The negative control of the CPU e2e (SGLang's scheduler processes)
 # --------------------------------------------------------------------------------------
 
 
-def _skip_sync(rr) -> None:
-    """With ``RLINF_PANGU_CPU_SKIP_SYNC=1``, RLinf's runner never syncs weights to SGLang.
+def _skip_weight_load(ss) -> None:
+    """With ``RLINF_PANGU_CPU_SKIP_SYNC=1``, SGLang receives every sync bucket and loads none.
 
     Why: the CPU e2e's post-sync gate (SGLang's log-probs equal the actor's to 1e-4) must be able
-    to fail; without the sync SGLang serves its random ``load_format=dummy`` start weights. Both
-    sides of the sync are skipped at the one place that starts them (the driver's
-    ``_sync_weights``), so no worker waits for a bucket that never comes.
+    to fail; without the load SGLang keeps serving its random ``load_format=dummy`` start weights.
+    The rest of RLinf's sync runs as always (the actor sends, the scheduler receives and resumes
+    its weights), so its offload/resume bookkeeping stays consistent; skipping the whole sync in
+    the driver left the scheduler's weights marked offloaded and its next release asserted.
     """
     if os.environ.get(ENV_SKIP_SYNC) != "1":
         return
-    cls = rr.ReasoningRunner
-    if getattr(cls._sync_weights, "__rlinf_pangu_cpu__", False):
+    cls = ss.Scheduler
+    if getattr(cls.batch_load_hf_weight, "__rlinf_pangu_cpu__", False):
         return
 
-    def _sync_weights(self) -> None:
-        log.warning("CPU mode: %s=1, weight sync skipped (negative control)", ENV_SKIP_SYNC)
+    def batch_load_hf_weight(self, state_dict: dict[str, Any]) -> None:
+        log.warning("CPU mode: %s=1, weight sync skipped: %d received tensors not loaded (negative control)",
+                    ENV_SKIP_SYNC, len(state_dict))
 
-    _sync_weights.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
-    cls._sync_weights = _sync_weights
+    batch_load_hf_weight.__rlinf_pangu_cpu__ = True  # type: ignore[attr-defined]
+    cls.batch_load_hf_weight = batch_load_hf_weight
 
 
 # --------------------------------------------------------------------------------------
@@ -575,7 +577,7 @@ def arm() -> None:
     _after_import("rlinf.workers.rollout.sglang.sglang_worker", _sglang_worker)
     _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _sgl_scheduler)
     _after_import("sglang.srt.model_loader.loader", _sglang_model_loader)
-    _after_import("rlinf.runners.reasoning_runner", _skip_sync)
+    _after_import("rlinf.hybrid_engines.sglang.common.sgl_scheduler", _skip_weight_load)
     log.info("CPU mode: redirects armed in pid %d", os.getpid())
 
 
