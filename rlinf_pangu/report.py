@@ -45,7 +45,9 @@ COLUMNS: tuple[Column, ...] = (
 #: The plot's panels: title -> metric names drawn on it.
 PANELS: dict[str, tuple[str, ...]] = {
     "reward (mean per sequence)": ("rollout/reward_scores",),
-    "PPO KL / clip fraction": ("actor/training/actor/approx_kl", "actor/training/actor/clip_fraction"),
+    # With one minibatch a step KL and clip fraction stay 0; the log-prob gap is the sync's health.
+    "PPO KL / clip fraction / log-prob gap": ("actor/training/actor/approx_kl", "actor/training/actor/clip_fraction",
+                                               "rollout/logprob_gap_max"),
     "response length (tokens)": ("rollout/response_length",),
     "weight sync (s)": ("time/sync_weights",),
 }
