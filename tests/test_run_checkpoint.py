@@ -326,7 +326,8 @@ def test_negative_control_torchs_sampler_replays_the_first_epoch_after_a_resume(
 CHECKPOINT_PATCHES = ["rlinf.ReasoningRunner:atomic-save", "rlinf.MegatronModelManager:checkpoint-digest",
                       "rlinf.ReasoningRunner:resumable-sampler", "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy",
                       "megatron.training.checkpointing:weights-only-load",
-                      "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-no-grad"]
+                      "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-no-grad",
+                      "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-torch-adam-step"]
 
 
 def test_upstream_still_needs_the_checkpoint_patches():

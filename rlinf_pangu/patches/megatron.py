@@ -193,16 +193,34 @@ def make_weights_only_load(original: Any) -> Any:
     return _load_base_checkpoint
 
 
+def _source_on_disk(module: str, qualname: str) -> str:
+    """Source of a function in ``module`` read from disk (importing megatron to probe it would cost
+    every interpreter seconds: these probes run at start-up)."""
+    import ast
+
+    from .core import upstream_source
+
+    text = upstream_source(module)
+    if not text:
+        return ""
+    scopes: list[ast.AST] = [ast.parse(text)]
+    for part in qualname.split("."):
+        found = next((n for s in scopes for n in getattr(s, "body", [])
+                      if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part), None)
+        if found is None:
+            return ""
+        scopes = [found]
+    return ast.unparse(scopes[0])
+
+
 def _megatron_loads_with_default_weights_only() -> bool:
     from importlib.metadata import PackageNotFoundError, version
-
-    from .core import source_of
 
     try:
         major, minor = (int(x) for x in version("torch").split(".")[:2])
     except (PackageNotFoundError, ValueError):
         return False
-    return (major, minor) >= (2, 6) and "torch.load(checkpoint_name, map_location='cpu')" in source_of(
+    return (major, minor) >= (2, 6) and "torch.load(checkpoint_name, map_location='cpu')" in _source_on_disk(
         _CHECKPOINTING, "_load_base_checkpoint")
 
 
@@ -241,10 +259,8 @@ def make_no_grad(original: Any) -> Any:
 
 
 def _dp_zero_load_tracks_grad() -> bool:
-    from .core import source_of
-
-    load = source_of(_DISTRIB_OPTIMIZER, "DistributedOptimizer.load_parameter_state_from_dp_zero")
-    setter = source_of(_DISTRIB_OPTIMIZER, "DistributedOptimizer._set_main_param_and_optimizer_states")
+    load = _source_on_disk(_DISTRIB_OPTIMIZER, "DistributedOptimizer.load_parameter_state_from_dp_zero")
+    setter = _source_on_disk(_DISTRIB_OPTIMIZER, "DistributedOptimizer._set_main_param_and_optimizer_states")
     return bool(load) and "no_grad" not in load and ".copy_(" in setter and "no_grad" not in setter
 
 
@@ -262,5 +278,53 @@ def _dp_zero_load_without_grad() -> None:
         fn = cls.load_parameter_state_from_dp_zero
         if not hasattr(fn, "__rlinf_pangu_original__"):
             cls.load_parameter_state_from_dp_zero = make_no_grad(fn)
+
+    after_import(_DISTRIB_OPTIMIZER, install)
+
+
+DP_ZERO_TORCH_ADAM_STEP = "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-torch-adam-step"
+
+
+def make_state_setter(original: Any) -> Any:
+    """``_set_main_param_and_optimizer_states`` that leaves a per-parameter optimizer state the
+    file does not hold as it is. torch's Adam (Megatron's fallback without Transformer Engine or
+    Apex) keeps ``step`` per parameter; ``distrib_optim.pt`` holds only param/exp_avg/exp_avg_sq,
+    and ``load_state_dict`` already set ``step`` from the checkpoint's param groups."""
+    import functools
+
+    @functools.wraps(original)
+    def _set_main_param_and_optimizer_states(self, model_param, tensors):
+        import torch
+
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        held = self.optimizer.state.get(main_param, {})
+        absent = {k: None for k, v in held.items() if isinstance(v, torch.Tensor) and k not in tensors}
+        return original(self, model_param, {**tensors, **absent} if absent else tensors)
+
+    _set_main_param_and_optimizer_states.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return _set_main_param_and_optimizer_states
+
+
+def _dp_zero_load_misses_torch_adam_step() -> bool:
+    setter = _source_on_disk(_DISTRIB_OPTIMIZER, "DistributedOptimizer._set_main_param_and_optimizer_states")
+    return "for k, v in optim_state.items()" in setter and "tensors[key]" in setter and "'step'" not in setter \
+        and '"step"' not in setter
+
+
+@patch(
+    DP_ZERO_TORCH_ADAM_STEP,
+    why="megatron-core 0.19's torch-format load of distrib_optim.pt copies every per-parameter optimizer state by name, but with torch's Adam (no Transformer Engine or Apex) that state holds 'step', which the file does not: every resume failed with KeyError: 'step' ('Unable to load optimizer from checkpoint')",
+    module=_DISTRIB_OPTIMIZER,
+    applies=_dp_zero_load_misses_torch_adam_step,
+)
+def _dp_zero_load_keeps_torch_adam_step() -> None:
+    from .core import after_import
+
+    def install(do) -> None:
+        cls = do.DistributedOptimizer
+        fn = cls._set_main_param_and_optimizer_states
+        if not hasattr(fn, "__rlinf_pangu_original__"):
+            cls._set_main_param_and_optimizer_states = make_state_setter(fn)
 
     after_import(_DISTRIB_OPTIMIZER, install)
