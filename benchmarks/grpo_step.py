@@ -21,9 +21,11 @@ twice back to back with the same data, lengths, batch, group size, sampling and 
 The workload is fixed so both do the same work: ``--prompts`` prompts x ``--samples`` samples per
 step, prompts of a length drawn uniformly from ``--prompt-tokens LO,HI`` (chat template included,
 same token ids for both: the baseline checkpoint carries Pangu's tokenizer), responses forced to
-exactly ``--response-tokens`` (``max_new_tokens`` = ``min_new_tokens``: SGLang masks eos until the
-length is reached; patch ``rlinf.SGLangWorker:sampling-params-complete`` hands RLinf's
-``min_new_tokens`` to SGLang), ``--warmup`` steps and then ``--steps`` measured ones.
+exactly ``--response-tokens`` (``max_new_tokens`` with ``ignore_eos``: SGLang does not stop at eos;
+random weights would otherwise stop wherever they sample it; patch
+``rlinf.SGLangWorker:sampling-params-complete`` hands RLinf's ``algorithm.sampling_params.ignore_eos``
+to SGLang. SGLang refuses ``min_new_tokens`` without a tokenizer, and RLinf runs it without one),
+``--warmup`` steps and then ``--steps`` measured ones.
 
 Where the time goes: with ``RLINF_PANGU_PHASE_TRACE`` set, every process of the run appends
 wall-clock spans of RLinf's phases and of its offload/onload calls (``rlinf_pangu.phase_trace``).
@@ -548,7 +550,6 @@ def log_facts(run_dir: Path) -> dict[str, Any]:
     for key, rx in LOG_FACTS.items():
         m = rx.search(text)
         out[key] = m.group(1).strip()[:400] if m else None
-    out["te_attention_built"] = "TEDotProductAttention" in text or None
     return out
 
 
@@ -685,7 +686,7 @@ def overrides_for(setup: Setup, prompts_path: Path, ckpt: Path, impl: str, extra
         f"data.rollout_batch_size={setup.prompts}",
         f"algorithm.group_size={setup.samples}",
         # max_new_tokens = seq_length - max_prompt_length = response_tokens (the schema's interpolation)
-        f"algorithm.sampling_params.min_new_tokens={setup.response_tokens}",
+        "algorithm.sampling_params.ignore_eos=true",
         f"actor.megatron.transformer_impl={impl}",
         *setup.workload_overrides,
         *extra,
@@ -759,8 +760,8 @@ def main(argv: list[str] | None = None) -> int:
             "example": setup.example, "dtype": setup.dtype, "prompts_per_step": setup.prompts,
             "samples_per_prompt": setup.samples, "sequences_per_step": setup.prompts * setup.samples,
             "prompt_tokens": prompt_stats, "response_tokens": setup.response_tokens,
-            "response_length_fixed_by": "algorithm.sampling_params.min_new_tokens = max_new_tokens "
-                                        "(SGLang masks eos until then; patch rlinf.SGLangWorker:sampling-params-complete)",
+            "response_length_fixed_by": "max_new_tokens with algorithm.sampling_params.ignore_eos=true (SGLang "
+                                        "never stops at eos; patch rlinf.SGLangWorker:sampling-params-complete)",
             "warmup_steps": setup.warmup, "measured_steps": setup.steps,
             "dims": {"pangu": dims_of(hf), "baseline": dims_of(json.loads((qwen_ckpt / "config.json").read_text()))},
             "overrides": per_arm,

@@ -6,7 +6,7 @@
   coroutine stays a coroutine (RLinf dispatches on that), a failing call is recorded as failed.
 * What RLinf's own model path needs on this stack (patches in ``rlinf_pangu/patches/rlinf.py``),
   each against the real upstream code with a negative control: the rope_theta read, the dropped
-  ``min_new_tokens``, the TE-only norm names of RLinf's converter and TransformFuncs.
+  ``ignore_eos``, the TE-only norm names of RLinf's converter and TransformFuncs.
 * The baseline checkpoint: Pangu's dimensions and tokenizer, norms and biases not 1/0.
 
 The whole loop (both arms, CPU mode) is tests/test_grpo_step_dry_run.py (slow).
@@ -204,24 +204,37 @@ def test_rlinf_reads_the_rope_base_of_a_transformers_5_qwen2_config_only_with_th
     assert not hasattr(AutoConfig.from_pretrained(qwen2_tiny), "rope_theta")  # nothing leaks out of RLinf's call
 
 
-def test_min_new_tokens_reaches_sglangs_sampling_params_only_with_the_patch():
+def test_ignore_eos_reaches_sglangs_sampling_params_only_with_the_patch():
     code = ("from omegaconf import OmegaConf\nimport rlinf_pangu; rlinf_pangu.register()\n"
             "from rlinf.workers.rollout.sglang.sglang_worker import SGLangWorker\n"
             "c = OmegaConf.create(dict(do_sample=True, temperature=1.0, top_k=-1, top_p=1.0, repetition_penalty=1.0,"
-            " max_new_tokens=64, min_new_tokens=64))\n"
+            " max_new_tokens=64, min_new_tokens=1, ignore_eos=True))\n"
             "fn = SGLangWorker.get_sampling_param_from_config\n"
-            "print(fn(c).get('min_new_tokens'), fn.__rlinf_pangu_original__(c).get('min_new_tokens'))\n")
-    assert _fresh(code) == "64 None"  # patched / RLinf's own function (negative control: dropped)
+            "print(fn(c), fn.__rlinf_pangu_original__(c).get('ignore_eos'))\n")
+    out = _fresh(code)
+    # patched: ignore_eos on, and nothing SGLang refuses without a tokenizer (min_new_tokens) added;
+    # RLinf's own function (negative control) drops ignore_eos
+    assert out == ("{'temperature': 1.0, 'top_k': -1, 'top_p': 1.0, 'repetition_penalty': 1.0, "
+                   "'max_new_tokens': 64, 'ignore_eos': True} None")
 
 
-def test_the_schema_default_keeps_what_ran_before():
+def test_sglang_takes_the_sampling_params_without_a_tokenizer_as_rlinf_runs_it():
+    """RLinf starts SGLang with skip_tokenizer_init=True: the params must normalize without one."""
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    SamplingParams(max_new_tokens=64, ignore_eos=True, temperature=1.0).normalize(None)
+    with pytest.raises(ValueError, match="min_new_tokens"):  # why min_new_tokens is not the way
+        SamplingParams(max_new_tokens=64, min_new_tokens=64).normalize(None)
+
+
+def test_the_schema_declares_the_new_keys_with_defaults_that_change_nothing():
     from omegaconf import OmegaConf
 
     from rlinf_pangu.config import CONFIGS_DIR, SCHEMA_FILE
 
     schema = OmegaConf.load(CONFIGS_DIR / SCHEMA_FILE)
-    assert schema.algorithm.sampling_params.min_new_tokens == 0  # SGLang's default, what RLinf ran with
-    assert "num_hidden_layers" in schema.actor.megatron.ckpt_convertor
+    assert schema.algorithm.sampling_params.ignore_eos is False  # SGLang's default, what RLinf ran with
+    assert schema.actor.megatron.ckpt_convertor.num_hidden_layers is None  # RLinf's converter: its table's
 
 
 def _convert_with_rlinf(hf: Path, out: Path, spec_name: str | None) -> dict:

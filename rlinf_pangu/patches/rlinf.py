@@ -1356,8 +1356,9 @@ def _rope_theta_from_rope_parameters() -> None:
 
 
 SAMPLING_PARAMS = "rlinf.SGLangWorker:sampling-params-complete"
-#: ``algorithm.sampling_params`` keys RLinf's SGLang rollout drops and SGLang takes as they are.
-SAMPLING_KEYS_PASSED_ON = ("min_new_tokens",)
+#: ``algorithm.sampling_params`` keys RLinf's SGLang rollout drops, and what SGLang takes for each.
+#: (Not ``min_new_tokens``: SGLang refuses it when, as RLinf sets up its engine, it has no tokenizer.)
+SAMPLING_KEYS_PASSED_ON: dict[str, Callable[[Any], Any]] = {"ignore_eos": bool}
 
 
 def make_sampling_params(original: Callable) -> Callable:
@@ -1366,10 +1367,10 @@ def make_sampling_params(original: Callable) -> Callable:
 
     def get_sampling_param_from_config(cfg_sampling_params):
         params = original(cfg_sampling_params)
-        for key in SAMPLING_KEYS_PASSED_ON:
+        for key, kind in SAMPLING_KEYS_PASSED_ON.items():
             value = cfg_sampling_params.get(key, None)
             if value is not None and key not in params:
-                params[key] = int(value)
+                params[key] = kind(value)
         return params
 
     return mark(get_sampling_param_from_config, original)
@@ -1377,10 +1378,10 @@ def make_sampling_params(original: Callable) -> Callable:
 
 @patch(
     SAMPLING_PARAMS,
-    why="RLinf's SGLang rollout hands SGLang only temperature/top_k/top_p/repetition_penalty/max_new_tokens: algorithm.sampling_params.min_new_tokens is silently dropped, so no YAML can keep a response from stopping early (benchmarks/grpo_step.py fixes every response's length with min_new_tokens = max_new_tokens)",
+    why="RLinf's SGLang rollout hands SGLang only temperature/top_k/top_p/repetition_penalty/max_new_tokens, so no YAML can keep a response from stopping at eos: algorithm.sampling_params.ignore_eos is passed on (benchmarks/grpo_step.py fixes every response's length with it; random weights would otherwise stop at random)",
     module=_SGL_WORKER,
     applies=lambda: "def get_sampling_param_from_config" in upstream_source(_SGL_WORKER)
-    and "min_new_tokens" not in upstream_source(_SGL_WORKER),
+    and "ignore_eos" not in upstream_source(_SGL_WORKER),
 )
 def _sampling_params_complete() -> None:
     def install(sw) -> None:
