@@ -117,6 +117,55 @@ def test_actor_to_inference_sync_at_tp2_hands_each_rank_its_own_megatron_shards(
         assert control["vocab_rows"]["embedding.word_embeddings.weight"] != 153376 // 2
 
 
+# --- rlinf.RolloutResult:merge-batches-without-returns ------------------------------------
+
+
+def test_upstream_pipeline_merge_still_refuses_grpos_missing_returns():
+    code = f"from rlinf_pangu import patches as p\nprint(p.PATCHES[{rp.PIPELINE_MERGE!r}].applies())"
+    assert _fresh(code) == "True"
+
+
+def _grpo_piece(n: int, seed: int) -> dict:
+    """A piece of rollout as RLinf's pipelined actor holds it after its advantage handler: GRPO
+    advantages, and returns None (compute_grpo_advantages has none)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 100, (n, 5), generator=g), "advantages": torch.randn(n, 1, generator=g),
+            "returns": None, "answers": [f"a{seed}"] * n}
+
+
+def test_pieces_without_returns_merge_into_one_global_batch():
+    from rlinf.data.io_struct import RolloutResult
+
+    original = RolloutResult.__dict__["merge_batches"].__func__
+    original = getattr(original, "__rlinf_pangu_original__", original)
+    pieces = [_grpo_piece(3, 1), _grpo_piece(5, 2)]
+    with pytest.raises(ValueError, match="Unsupported batch key type"):  # RLinf's own merge: the control
+        original(pieces)
+    merged = rp.make_merge_batches(original)(pieces)
+    assert merged["returns"] is None and merged["answers"] == ["a1"] * 3 + ["a2"] * 5
+    for key in ("input_ids", "advantages"):
+        assert torch.equal(merged[key], torch.cat([p[key] for p in pieces]))
+
+
+def test_a_key_missing_in_only_some_pieces_is_still_refused():
+    from rlinf.data.io_struct import RolloutResult
+
+    original = RolloutResult.__dict__["merge_batches"].__func__
+    original = getattr(original, "__rlinf_pangu_original__", original)
+    pieces = [_grpo_piece(2, 1), {**_grpo_piece(2, 2), "returns": torch.zeros(2, 1)}]
+    with pytest.raises(ValueError, match="Unsupported batch key type"):
+        rp.make_merge_batches(original)(pieces)
+
+
+def test_register_installs_the_merge_on_rlinfs_class():
+    code = (
+        "import rlinf_pangu\nrlinf_pangu.register()\n"
+        "from rlinf.data.io_struct import RolloutResult\n"
+        "print(hasattr(RolloutResult.merge_batches, '__rlinf_pangu_original__'))\n"
+    )
+    assert _fresh(code) == "True"
+
+
 # --- the sync path log line (rlinf.MegatronActor:rollout-sync-setup) ----------------------
 
 

@@ -856,6 +856,57 @@ def _logprob_gap_metric() -> None:
     after_import(_MWORKER, install)
 
 
+PIPELINE_MERGE = "rlinf.RolloutResult:merge-batches-without-returns"
+_IO_STRUCT = "rlinf.data.io_struct"
+
+
+def make_merge_batches(original: Callable) -> Callable:
+    """``RolloutResult.merge_batches`` that carries a key which is None in *every* batch as None.
+
+    Why: in the disaggregated (pipelined) mode RLinf's actor computes advantages on each piece of
+    rollout it receives (``compute_advantages_and_returns`` as the batch iterator's handler), and
+    GRPO has no returns (``compute_grpo_advantages`` returns ``advantages, None``), so every piece
+    holds ``returns: None``. With ``algorithm.normalize_advantages`` the iterator then merges pieces
+    into whole global batches, and RLinf's merge raises on the None ("Unsupported batch key
+    type"). A key None in some batches only is still refused, as before.
+    """
+
+    def merge_batches(batches):
+        absent = [k for k in batches[0] if all(b.get(k) is None for b in batches)] if len(batches) > 1 else []
+        if not absent:
+            return original(batches)
+        merged = original([{k: v for k, v in b.items() if k not in absent} for b in batches])
+        merged.update(dict.fromkeys(absent))
+        return merged
+
+    return mark(merge_batches, original)
+
+
+def _pipeline_merge_fails_on_grpo_returns() -> bool:
+    import re
+
+    merge = source_of(_IO_STRUCT, "RolloutResult.merge_batches")
+    return ("Unsupported batch key type" in merge and "None" not in merge
+            and re.search(r"return \(?advantages, None\)?", source_of("rlinf.algorithms.advantages", "compute_grpo_advantages")) is not None
+            and "_fill_global_batches" in upstream_source(_IO_STRUCT))
+
+
+@patch(
+    PIPELINE_MERGE,
+    why="RLinf's pipelined (disaggregated) actor merges pieces of rollout after computing their advantages, and GRPO's returns are None: its RolloutResult.merge_batches raises 'Unsupported batch key type: NoneType' whenever algorithm.normalize_advantages makes it fill a global batch",
+    module=_IO_STRUCT,
+    applies=_pipeline_merge_fails_on_grpo_returns,
+)
+def _pipeline_merge_without_returns() -> None:
+    def install(io) -> None:
+        fn = io.RolloutResult.__dict__["merge_batches"]
+        original = fn.__func__ if isinstance(fn, staticmethod) else fn
+        if not patched(original):
+            io.RolloutResult.merge_batches = staticmethod(make_merge_batches(original))
+
+    after_import(_IO_STRUCT, install)
+
+
 REWARD_TEXT = "rlinf.RewardWorker:reward-reads-chat-markers"
 _REWARD_WORKER = "rlinf.workers.reward.reward_worker"
 
