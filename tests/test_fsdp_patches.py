@@ -63,6 +63,40 @@ def test_rlinfs_config_call_gets_the_chosen_attention(tiny_fp32):
     assert shim.register is AutoConfig.register  # anything else is AutoConfig's own
 
 
+def test_the_attention_choice_survives_rays_by_value_copy_of_the_patched_method(tiny_fp32):
+    """Ray ships the actor's patched methods to its worker by value (cloudpickle: the patched
+    attribute no longer matches the module's name), and the copy reads a globals dict of its own:
+    the stand-in must reach that copy (a module-level swap left RLinf's flash_attention_2 there,
+    which transformers refuses without flash-attn)."""
+    import pickle
+
+    import ray.cloudpickle
+
+    rlinf_pangu.register()
+    from rlinf.hybrid_engines.fsdp.fsdp_model_manager import FSDPModelManager
+
+    shipped = pickle.loads(ray.cloudpickle.dumps(FSDPModelManager.model_provider_func))
+    assert shipped is not FSDPModelManager.model_provider_func
+
+    class Manager:
+        torch_dtype = torch.float32
+        _cfg = OmegaConf.create({"model": {"model_path": str(tiny_fp32), "attn_implementation": "sdpa"},
+                                 "fsdp_config": {"use_liger_kernel": False}})
+
+    from rlinf.scheduler import Worker
+
+    platform, device_type = Worker.torch_platform, Worker.torch_device_type
+    if platform is None:  # no accelerator here: RLinf asserts one and names its device type
+        from rlinf_pangu.patches.cpu import CpuPlatform
+
+        Worker.torch_platform, Worker.torch_device_type = CpuPlatform, "cpu"
+    try:
+        model = shipped(Manager())
+    finally:
+        Worker.torch_platform, Worker.torch_device_type = platform, device_type
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_grad_norm_group_is_none_for_an_unsharded_model():
     assert rp.shard_group(torch.nn.Linear(2, 2)) is None
 

@@ -1152,15 +1152,22 @@ class _AutoConfigWithAttention:
 
 
 def make_fsdp_model_provider(original: Callable) -> Callable:
+    """RLinf's ``model_provider_func`` with ``AutoConfig`` standing in by the name it reads.
+
+    The name is swapped in the function's own globals, not in the module: Ray ships the actor
+    class to its worker by value once a method was patched in the driver, and the function then
+    reads a globals dict of its own (measured: a module-level swap left flash_attention_2 there).
+    """
+
     def model_provider_func(self, *args, **kwargs):
-        fm = mod(_FSDP_MM)
+        names = original.__globals__
         implementation = fsdp_attn_implementation(self._cfg)
-        auto_config = fm.AutoConfig
-        fm.AutoConfig = _AutoConfigWithAttention(auto_config, implementation)
+        auto_config = names["AutoConfig"]
+        names["AutoConfig"] = _AutoConfigWithAttention(auto_config, implementation)
         try:
             model = original(self, *args, **kwargs)
         finally:
-            fm.AutoConfig = auto_config
+            names["AutoConfig"] = auto_config
         log.info("FSDP actor: %s with %s attention", type(model).__name__, model.config._attn_implementation)
         return model
 
