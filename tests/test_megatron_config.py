@@ -56,7 +56,10 @@ def mm():
 
 
 def _upstream(fn):
-    return getattr(fn, "__rlinf_pangu_original__", fn)
+    """RLinf's own function under every wrapper the patches put around it."""
+    while hasattr(fn, "__rlinf_pangu_original__"):
+        fn = fn.__rlinf_pangu_original__
+    return fn
 
 
 def test_rlinf_validation_gives_pangu_qkv_bias_and_shapes_without_any_patch(pangu_dir, hf_config):

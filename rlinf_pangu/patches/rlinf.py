@@ -88,7 +88,7 @@ def _pangu_model_provider() -> None:
 def _validate_pangu_cfg() -> None:
     rc = mod("rlinf.config")
     original = rc.validate_model_cfg_by_hf_config
-    if patched(original):
+    if getattr(original, "__rlinf_pangu_checks__", False):  # another patch may wrap it too (rope_theta)
         return
 
     def validate_model_cfg_by_hf_config(cfg, hf_model_path):
@@ -102,6 +102,7 @@ def _validate_pangu_cfg() -> None:
             check_rlinf_model_cfg(cfg, hf_config)
         return cfg
 
+    validate_model_cfg_by_hf_config.__rlinf_pangu_checks__ = True  # type: ignore[attr-defined]
     rc.validate_model_cfg_by_hf_config = mark(validate_model_cfg_by_hf_config, original)
 
 
@@ -951,173 +952,6 @@ def _reward_reads_chat_markers() -> None:
 
 
 # ======================================================================================
-# Checkpoints: saving, resuming (rlinf_pangu.run_checkpoint)
-# ======================================================================================
-
-RUNNER_ATOMIC_SAVE = "rlinf.ReasoningRunner:atomic-save"
-
-
-def _runner_saves_in_place() -> bool:
-    save = source_of(_RUNNER, "ReasoningRunner._save_checkpoint")
-    return "global_step_" in save and "torch.save(" in save and not any(w in save for w in ("rename", "replace("))
-
-
-@patch(
-    RUNNER_ATOMIC_SAVE,
-    why="RLinf's runner writes each checkpoint in place, file by file, and its resume_dir=auto takes the highest global_step_* directory: a crash during a save leaves a half-written checkpoint that the resume then loads",
-    module=_RUNNER,
-    applies=_runner_saves_in_place,
-)
-def _runner_atomic_save() -> None:
-    def install(rr) -> None:
-        cls = rr.ReasoningRunner
-        original = cls._save_checkpoint
-        if patched(original):
-            return
-
-        def _save_checkpoint(self):
-            from rlinf_pangu import run_checkpoint
-
-            run_checkpoint.save(self)
-
-        cls._save_checkpoint = mark(_save_checkpoint, original)
-
-    after_import(_RUNNER, install)
-
-
-MEGATRON_CHECKPOINT_DIGEST = "rlinf.MegatronModelManager:checkpoint-digest"
-
-
-def make_digesting_save(original: Callable) -> Callable:
-    """``MegatronModelManager.save_checkpoint`` that also returns this rank's state digest
-    (weights, optimizer, LR schedule; ``rlinf_pangu.run_checkpoint.state_digest``), taken with the
-    state on its device, right before Megatron writes it."""
-
-    def save_checkpoint(self, *args, **kwargs):
-        if not getattr(self, "is_running", True):
-            return original(self, *args, **kwargs)
-        from rlinf_pangu.run_checkpoint import state_digest
-
-        with self.ensure_onloaded_and_then_offload():  # the original's own context nests as a no-op
-            digest = state_digest(self)
-            original(self, *args, **kwargs)
-        return digest
-
-    return mark(save_checkpoint, original)
-
-
-def make_verified_load(original: Callable) -> Callable:
-    """``MegatronModelManager.load_checkpoint`` that digests the loaded state and fails when it
-    differs from the digest this rank recorded when it saved (the checkpoint's marker)."""
-
-    def load_checkpoint(self, load_path, *args, **kwargs):
-        out = original(self, load_path, *args, **kwargs)
-        from rlinf_pangu.run_checkpoint import state_digest, verify_loaded
-
-        with self.ensure_onloaded_and_then_offload():
-            digest = state_digest(self)
-        if verify_loaded(load_path, digest):
-            log.info("resume: rank %d loaded exactly the weights, optimizer state and LR schedule it saved (weights %s, optimizer %s)",
-                     digest["rank"], digest["weights"][:12], digest["optimizer"][:12])
-        return out
-
-    return mark(load_checkpoint, original)
-
-
-@patch(
-    MEGATRON_CHECKPOINT_DIGEST,
-    why="RLinf's Megatron load_checkpoint never checks what it loaded (Megatron falls back to a non-strict load on a name mismatch, and a truncated or swapped file loads silently): each rank digests its state when saving and again after loading, and a difference fails the resume",
-    module=_MM,
-    applies=lambda: "def load_checkpoint" in upstream_source(_MM) and "digest" not in upstream_source(_MM),
-)
-def _megatron_checkpoint_digest() -> None:
-    def install(mm) -> None:
-        cls = mm.MegatronModelManager
-        if not patched(cls.save_checkpoint):
-            cls.save_checkpoint = make_digesting_save(cls.save_checkpoint)
-        if not patched(cls.load_checkpoint):
-            cls.load_checkpoint = make_verified_load(cls.load_checkpoint)
-
-    after_import(_MM, install)
-
-
-RUNNER_RESUMABLE_SAMPLER = "rlinf.ReasoningRunner:resumable-sampler"
-
-
-def _runner_sampler_not_stateful() -> bool:
-    src = upstream_source(_RUNNER)
-    imported = src.split("from torch.utils.data import", 1)[1].split("\n", 1)[0] if "from torch.utils.data import" in src else ""
-    return "RandomSampler" in imported and "RandomSampler(" in source_of(_RUNNER, "ReasoningRunner._build_dataloader")
-
-
-@patch(
-    RUNNER_RESUMABLE_SAMPLER,
-    why="RLinf shuffles with torch's RandomSampler, whose generator state its StatefulDataLoader does not save: a run resumed after the first epoch draws the first epoch's order again instead of the current one",
-    module=_RUNNER,
-    applies=_runner_sampler_not_stateful,
-)
-def _runner_resumable_sampler() -> None:
-    def install(rr) -> None:
-        from rlinf_pangu.run_checkpoint import ResumableRandomSampler
-
-        rr.RandomSampler = ResumableRandomSampler
-
-    after_import(_RUNNER, install)
-
-
-MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY = "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy"
-
-
-def restore_offload_policy(manager: Any) -> None:
-    """Bring back onto the device what the role's ``offload_weight/grad/optimizer`` settings keep
-    there between steps. RLinf's loop only reloads gradients when ``offload_grad`` is set, so a
-    gradient buffer left offloaded (resized to 0) is written by the next backward: a segfault."""
-    cfg = manager._cfg
-    keep_weights = not cfg.get("offload_weight", False)
-    keep_grads = not cfg.get("offload_grad", False)
-    if (keep_grads and manager.is_grad_offloaded) or (keep_weights and manager.is_weight_offloaded):
-        weights_were_offloaded = manager.is_weight_offloaded
-        manager.onload_model_weights_and_grad(load_grad=keep_grads)
-        if weights_were_offloaded and not keep_weights:
-            manager.offload_model_weights_and_grad(offload_grad=False, offload_weight=True)
-    if not cfg.get("offload_optimizer", False) and manager.is_optimizer_offloaded:
-        manager.onload_megatron_optimizer()
-
-
-def make_offload_restoring_context(original: Callable) -> Callable:
-    import contextlib
-
-    @contextlib.contextmanager
-    def ensure_onloaded_and_then_offload(self):
-        with original(self):
-            yield
-        restore_offload_policy(self)
-
-    return mark(ensure_onloaded_and_then_offload, original)
-
-
-def _checkpoint_offloads_everything() -> bool:
-    ctx = source_of(_MM, "MegatronModelManager.ensure_onloaded_and_then_offload")
-    load = source_of(_MWORKER, "MegatronWorker._load_weight_and_optimizer")
-    return "self.offload_model_weights_and_grad()" in ctx and "offload_grad" not in ctx and "load_grad=self.offload_grad" in load
-
-
-@patch(
-    MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY,
-    why="RLinf's Megatron save/load_checkpoint offload weights, gradients and optimizer afterwards whatever the role's offload_* settings, but the next step reloads gradients only when offload_grad is set: with offload_grad=False (the CPU mode, the disaggregated GPU placement) the step after a mid-run save segfaults in backward",
-    module=_MM,
-    applies=_checkpoint_offloads_everything,
-)
-def _checkpoint_keeps_offload_policy() -> None:
-    def install(mm) -> None:
-        cls = mm.MegatronModelManager
-        if not patched(cls.ensure_onloaded_and_then_offload):
-            cls.ensure_onloaded_and_then_offload = make_offload_restoring_context(cls.ensure_onloaded_and_then_offload)
-
-    after_import(_MM, install)
-
-
-# ======================================================================================
 # RLinf's FSDP actor (actor.training_backend: fsdp): the HF Pangu model under torch's FSDP2
 # ======================================================================================
 
@@ -1610,3 +1444,170 @@ def _native_sync_norm_names() -> None:
 
 #: What RLinf's own model path needs on this stack (benchmarks/grpo_step.py names them in its JSON).
 NATIVE_MODEL_PATCHES = (ROPE_THETA, SAMPLING_PARAMS, NATIVE_CKPT_NORM_NAMES, NATIVE_SYNC_NORM_NAMES)
+
+
+# ======================================================================================
+# Checkpoints: saving, resuming (rlinf_pangu.run_checkpoint)
+# ======================================================================================
+
+RUNNER_ATOMIC_SAVE = "rlinf.ReasoningRunner:atomic-save"
+
+
+def _runner_saves_in_place() -> bool:
+    save = source_of(_RUNNER, "ReasoningRunner._save_checkpoint")
+    return "global_step_" in save and "torch.save(" in save and not any(w in save for w in ("rename", "replace("))
+
+
+@patch(
+    RUNNER_ATOMIC_SAVE,
+    why="RLinf's runner writes each checkpoint in place, file by file, and its resume_dir=auto takes the highest global_step_* directory: a crash during a save leaves a half-written checkpoint that the resume then loads",
+    module=_RUNNER,
+    applies=_runner_saves_in_place,
+)
+def _runner_atomic_save() -> None:
+    def install(rr) -> None:
+        cls = rr.ReasoningRunner
+        original = cls._save_checkpoint
+        if patched(original):
+            return
+
+        def _save_checkpoint(self):
+            from rlinf_pangu import run_checkpoint
+
+            run_checkpoint.save(self)
+
+        cls._save_checkpoint = mark(_save_checkpoint, original)
+
+    after_import(_RUNNER, install)
+
+
+MEGATRON_CHECKPOINT_DIGEST = "rlinf.MegatronModelManager:checkpoint-digest"
+
+
+def make_digesting_save(original: Callable) -> Callable:
+    """``MegatronModelManager.save_checkpoint`` that also returns this rank's state digest
+    (weights, optimizer, LR schedule; ``rlinf_pangu.run_checkpoint.state_digest``), taken with the
+    state on its device, right before Megatron writes it."""
+
+    def save_checkpoint(self, *args, **kwargs):
+        if not getattr(self, "is_running", True):
+            return original(self, *args, **kwargs)
+        from rlinf_pangu.run_checkpoint import state_digest
+
+        with self.ensure_onloaded_and_then_offload():  # the original's own context nests as a no-op
+            digest = state_digest(self)
+            original(self, *args, **kwargs)
+        return digest
+
+    return mark(save_checkpoint, original)
+
+
+def make_verified_load(original: Callable) -> Callable:
+    """``MegatronModelManager.load_checkpoint`` that digests the loaded state and fails when it
+    differs from the digest this rank recorded when it saved (the checkpoint's marker)."""
+
+    def load_checkpoint(self, load_path, *args, **kwargs):
+        out = original(self, load_path, *args, **kwargs)
+        from rlinf_pangu.run_checkpoint import state_digest, verify_loaded
+
+        with self.ensure_onloaded_and_then_offload():
+            digest = state_digest(self)
+        if verify_loaded(load_path, digest):
+            log.info("resume: rank %d loaded exactly the weights, optimizer state and LR schedule it saved (weights %s, optimizer %s)",
+                     digest["rank"], digest["weights"][:12], digest["optimizer"][:12])
+        return out
+
+    return mark(load_checkpoint, original)
+
+
+@patch(
+    MEGATRON_CHECKPOINT_DIGEST,
+    why="RLinf's Megatron load_checkpoint never checks what it loaded (Megatron falls back to a non-strict load on a name mismatch, and a truncated or swapped file loads silently): each rank digests its state when saving and again after loading, and a difference fails the resume",
+    module=_MM,
+    applies=lambda: "def load_checkpoint" in upstream_source(_MM) and "digest" not in upstream_source(_MM),
+)
+def _megatron_checkpoint_digest() -> None:
+    def install(mm) -> None:
+        cls = mm.MegatronModelManager
+        if not patched(cls.save_checkpoint):
+            cls.save_checkpoint = make_digesting_save(cls.save_checkpoint)
+        if not patched(cls.load_checkpoint):
+            cls.load_checkpoint = make_verified_load(cls.load_checkpoint)
+
+    after_import(_MM, install)
+
+
+RUNNER_RESUMABLE_SAMPLER = "rlinf.ReasoningRunner:resumable-sampler"
+
+
+def _runner_sampler_not_stateful() -> bool:
+    src = upstream_source(_RUNNER)
+    imported = src.split("from torch.utils.data import", 1)[1].split("\n", 1)[0] if "from torch.utils.data import" in src else ""
+    return "RandomSampler" in imported and "RandomSampler(" in source_of(_RUNNER, "ReasoningRunner._build_dataloader")
+
+
+@patch(
+    RUNNER_RESUMABLE_SAMPLER,
+    why="RLinf shuffles with torch's RandomSampler, whose generator state its StatefulDataLoader does not save: a run resumed after the first epoch draws the first epoch's order again instead of the current one",
+    module=_RUNNER,
+    applies=_runner_sampler_not_stateful,
+)
+def _runner_resumable_sampler() -> None:
+    def install(rr) -> None:
+        from rlinf_pangu.run_checkpoint import ResumableRandomSampler
+
+        rr.RandomSampler = ResumableRandomSampler
+
+    after_import(_RUNNER, install)
+
+
+MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY = "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy"
+
+
+def restore_offload_policy(manager: Any) -> None:
+    """Bring back onto the device what the role's ``offload_weight/grad/optimizer`` settings keep
+    there between steps. RLinf's loop only reloads gradients when ``offload_grad`` is set, so a
+    gradient buffer left offloaded (resized to 0) is written by the next backward: a segfault."""
+    cfg = manager._cfg
+    keep_weights = not cfg.get("offload_weight", False)
+    keep_grads = not cfg.get("offload_grad", False)
+    if (keep_grads and manager.is_grad_offloaded) or (keep_weights and manager.is_weight_offloaded):
+        weights_were_offloaded = manager.is_weight_offloaded
+        manager.onload_model_weights_and_grad(load_grad=keep_grads)
+        if weights_were_offloaded and not keep_weights:
+            manager.offload_model_weights_and_grad(offload_grad=False, offload_weight=True)
+    if not cfg.get("offload_optimizer", False) and manager.is_optimizer_offloaded:
+        manager.onload_megatron_optimizer()
+
+
+def make_offload_restoring_context(original: Callable) -> Callable:
+    import contextlib
+
+    @contextlib.contextmanager
+    def ensure_onloaded_and_then_offload(self):
+        with original(self):
+            yield
+        restore_offload_policy(self)
+
+    return mark(ensure_onloaded_and_then_offload, original)
+
+
+def _checkpoint_offloads_everything() -> bool:
+    ctx = source_of(_MM, "MegatronModelManager.ensure_onloaded_and_then_offload")
+    load = source_of(_MWORKER, "MegatronWorker._load_weight_and_optimizer")
+    return "self.offload_model_weights_and_grad()" in ctx and "offload_grad" not in ctx and "load_grad=self.offload_grad" in load
+
+
+@patch(
+    MEGATRON_SAVE_KEEPS_OFFLOAD_POLICY,
+    why="RLinf's Megatron save/load_checkpoint offload weights, gradients and optimizer afterwards whatever the role's offload_* settings, but the next step reloads gradients only when offload_grad is set: with offload_grad=False (the CPU mode, the disaggregated GPU placement) the step after a mid-run save segfaults in backward",
+    module=_MM,
+    applies=_checkpoint_offloads_everything,
+)
+def _checkpoint_keeps_offload_policy() -> None:
+    def install(mm) -> None:
+        cls = mm.MegatronModelManager
+        if not patched(cls.ensure_onloaded_and_then_offload):
+            cls.ensure_onloaded_and_then_offload = make_offload_restoring_context(cls.ensure_onloaded_and_then_offload)
+
+    after_import(_MM, install)
