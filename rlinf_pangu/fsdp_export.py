@@ -202,9 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
+    from ckpt_convertor.errors import ConversionError
+
     try:
         out = export_fsdp_to_hf(args.checkpoint, args.out, args.hf, args.dtype, overwrite=args.overwrite)
-    except ExportError as e:
+    except (ExportError, ConversionError) as e:  # bad input, or an output directory that is not ours to replace
         print(f"export error: {e}", file=sys.stderr)
         return 2
     print(out)
