@@ -29,10 +29,13 @@ once, at WARNING, with the input.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import concurrent.futures.process
 import functools
 import logging
 import multiprocessing
 import os
+import signal
 import re
 import warnings
 from dataclasses import dataclass
@@ -870,6 +873,12 @@ def _grade_job(answer: str, references: Any) -> bool:
         return grade(answer, references)
 
 
+def _default_signals() -> None:
+    """A grading worker dies on SIGTERM, whatever handler the process it was forked from had."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class GradingPool:
     """Grades answers in forked worker processes, each answer under a time limit.
 
@@ -888,15 +897,29 @@ class GradingPool:
 
     def _get(self):
         if self._pool is None:
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_default_signals)
             atexit.register(self.close)  # a pool left to the interpreter's teardown prints errors
         return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the workers, a stuck one included, without waiting on it.
+
+        A process pool, not ``multiprocessing.Pool``: killing a stuck ``Pool`` worker can leave the
+        task queue's lock held, and ``Pool.terminate`` then waits on that lock forever; a worker
+        forked from a process whose SIGTERM handler does not exit (Ray, SGLang and RLinf install
+        such handlers) also survived ``terminate`` (both seen in the full test suite). An executor
+        whose worker is killed is merely broken, and shuts down at once."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in procs:
+            proc.join(timeout=5)
 
     def grade(self, answers: Sequence[str | None], references: Sequence[Any]) -> list[bool]:
         """One verdict per answer (None: no answer, wrong). Answers whose final answer and
@@ -920,12 +943,12 @@ class GradingPool:
 
     def _in_pool(self, todo: list[int], answers: Sequence[str | None], references: Sequence[Any]) -> dict[int, bool]:
         pool = self._get()
-        jobs = {k: pool.apply_async(_grade_job, (answers[k], references[k])) for k in todo}
+        jobs = {k: pool.submit(_grade_job, answers[k], references[k]) for k in todo}
         verdicts, stuck = {}, False
         for k, job in jobs.items():
             try:
-                verdicts[k] = bool(job.get(timeout=self.timeout_s))
-            except multiprocessing.TimeoutError:
+                verdicts[k] = bool(job.result(timeout=self.timeout_s))
+            except (concurrent.futures.TimeoutError, concurrent.futures.process.BrokenProcessPool):
                 stuck, verdicts[k] = True, False
                 warn_once(f"math grader: no verdict within {self.timeout_s:g} s, graded wrong:",
                           str(answers[k])[-300:], f"reference {references[k]!r}")
