@@ -428,7 +428,9 @@ def tensor_checksum(t: Any) -> str:
     return f"{str(x.dtype).removeprefix('torch.')}{list(x.shape)}:{s1}:{s2}"
 
 
-def _digest(items: Iterable[tuple[str, Any]]) -> tuple[str, int]:
+def _digest(items: Iterable[tuple[str, Any]], record: dict[str, str] | None = None) -> tuple[str, int]:
+    """sha256 over ``name=checksum`` lines (tensors by :func:`tensor_checksum`, other values by
+    repr); ``record`` collects each line, to name the first item that differs on a mismatch."""
     import torch
 
     h = hashlib.sha256()
@@ -440,6 +442,8 @@ def _digest(items: Iterable[tuple[str, Any]]) -> tuple[str, int]:
         else:
             text = repr(value)
         h.update(f"{name}={text}\n".encode())
+        if record is not None:
+            record[name] = text
     return h.hexdigest(), n
 
 
@@ -456,7 +460,13 @@ def _optimizer_items(optimizer: Any) -> Iterator[tuple[str, Any]]:
         if inner is None:
             continue
         for g, group in enumerate(inner.param_groups):
+            per_param_step = any("step" in inner.state.get(p, {}) for p in group["params"])
             for key in sorted(k for k in group if k != "params"):
+                if key == "step" and per_param_step:
+                    # torch's Adam counts steps per parameter (digested below); Megatron's load adds
+                    # a copy to the group that the optimizer never reads (TE's FusedAdam keeps it
+                    # here only, and then it is digested)
+                    continue
                 yield f"opt{i}.group{g}.{key}", group[key]
             for j, p in enumerate(group["params"]):
                 yield f"opt{i}.group{g}.param{j}", p
@@ -484,17 +494,20 @@ def weights_digest(chunks: Sequence[Iterable[tuple[str, Any]]]) -> str:
 
 def state_digest(manager: Any, rank: int | None = None) -> dict[str, Any]:
     """Digest of a Megatron worker's live state (call with the weights and optimizer on their
-    device, i.e. inside ``ensure_onloaded_and_then_offload``): weights, optimizer, LR schedule."""
+    device, i.e. inside ``ensure_onloaded_and_then_offload``): weights, optimizer, LR schedule,
+    and each item's checksum (``items``), so that a mismatch names the first item that differs."""
+    items: dict[str, str] = {}
     chunks = [list(_unwrap(c).named_parameters()) for c in manager.model]
-    w = weights_digest(chunks)
-    o, no = _digest(_optimizer_items(getattr(manager, "optimizer", None)))
+    w, _ = _digest(((f"model{i}.{n}", t) for i, c in enumerate(chunks) for n, t in c), items)
+    o, no = _digest(_optimizer_items(getattr(manager, "optimizer", None)), items)
     sched = getattr(manager, "lr_scheduler", None)
-    s, _ = _digest(sorted(sched.state_dict().items()) if sched is not None else [])
+    s, _ = _digest(((f"scheduler.{k}", v) for k, v in sorted(sched.state_dict().items())) if sched is not None else [], items)
     if rank is None:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    return {"rank": int(rank), "weights": w, "optimizer": o, "scheduler": s, "tensors": sum(map(len, chunks)) + no}
+    return {"rank": int(rank), "weights": w, "optimizer": o, "scheduler": s, "tensors": sum(map(len, chunks)) + no,
+            "items": items}
 
 
 def expected_digest(load_path: str | os.PathLike, rank: int) -> dict[str, Any] | None:
@@ -520,8 +533,11 @@ def verify_loaded(load_path: str | os.PathLike, digest: Mapping[str, Any]) -> bo
         return False
     bad = [k for k in ("weights", "optimizer", "scheduler") if want.get(k) != digest.get(k)]
     if bad:
+        saved, loaded = want.get("items", {}), digest.get("items", {})
+        first = next((k for k in [*saved, *loaded] if saved.get(k) != loaded.get(k)), None)
+        where = f"; first difference: {first} saved {saved.get(first)!r}, loaded {loaded.get(first)!r}" if first else ""
         raise CheckpointError(load_path, f"rank {digest['rank']} loaded {', '.join(bad)} that differ from what it saved "
-                              f"(digest {digest.get(bad[0], '')[:12]} != saved {str(want.get(bad[0], ''))[:12]})")
+                              f"(digest {digest.get(bad[0], '')[:12]} != saved {str(want.get(bad[0], ''))[:12]}{where})")
     return True
 
 
