@@ -305,7 +305,8 @@ class MemorySampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
-        what = "gpu_used_mib (device, all processes)" if self.device == "cuda" else "host_rss_mib (the run's processes)"
+        what = ("gpu_used_mib (device, all processes)" if self.device == "cuda"
+                else "host_rss_mib (sum over the run's processes; shared pages counted in each)")
         return {"measure": what, "peak_mib": round(self.peak_mib, 1),
                 "at_start_mib": None if self.start_mib is None else round(self.start_mib, 1), "samples": self.samples}
 
@@ -448,10 +449,11 @@ def offload_detail(spans: list[dict[str, Any]], window: Interval, by_name: dict[
     weight sync, inside the log-prob/training calls, elsewhere), and the page-locked buffers RLinf
     allocated on a tensor's first offload (``_get_pinned_buffer``)."""
     lo, hi = window
+    # first match wins: the actor's run_inference starts with the step and waits out the rollout
     inside = {"sync": union(clip(by_name.get("actor.sync_send", []) + by_name.get("rollout.sync_receive", []), window)),
+              "rollout": union(clip(by_name.get("rollout.total", []), window)),
               "run_inference": union(clip(by_name.get("actor.run_inference", []), window)),
-              "run_training": union(clip(by_name.get("actor.run_training", []), window)),
-              "rollout": union(clip(by_name.get("rollout.total", []), window))}
+              "run_training": union(clip(by_name.get("actor.run_training", []), window))}
     out: dict[str, Any] = {}
     for s in spans:
         if not (lo <= s["t0"] < hi):

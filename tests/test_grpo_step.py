@@ -281,20 +281,48 @@ def test_rlinf_converter_output_gets_the_local_modules_norm_names_for_a_local_ac
     assert local.submodules.input_layernorm is not None and local.submodules.pre_mlp_layernorm is not None
 
 
-def test_rlinf_transformfuncs_map_local_norm_names_only_with_the_patch():
-    from rlinf.utils.convertor.utils import Qwen25Convertor
+_SYNC_CODE = """
+import json, socket, types
+import torch, torch.distributed as dist
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+from rlinf.utils.resharding.utils import tp_reshard_fn_qwen2_5
+from rlinf.utils.convertor.utils import Qwen25Convertor
+from rlinf_pangu.patches import rlinf as rp
+mc = types.SimpleNamespace(hidden_size=8, num_attention_heads=2, num_query_groups=1, kv_channels=4,
+                           tensor_model_parallel_size=1)
+L = "decoder.layers.0."
+local = {L + "input_layernorm.weight": torch.full((8,), 1.5), L + "pre_mlp_layernorm.weight": torch.full((8,), 2.5),
+         L + "self_attention.linear_qkv.weight": torch.randn(16, 8), L + "self_attention.linear_qkv.bias": torch.randn(16),
+         L + "self_attention.linear_proj.weight": torch.randn(8, 8), L + "mlp.linear_fc1.weight": torch.randn(32, 8),
+         L + "mlp.linear_fc2.weight": torch.randn(8, 16), "decoder.final_layernorm.weight": torch.ones(8)}
+def sync(model_type):
+    cfg = types.SimpleNamespace(model_type=model_type, reshard_weights_format="sglang", model_config=mc, reshard_tp_size=1)
+    def rlinf_gather(self, bucket, dst):  # what RLinf's gather does with a bucket: its TP reshard, then its convertor
+        return Qwen25Convertor(cfg, strict=True).convert(tp_reshard_fn_qwen2_5(dict(bucket), 1, dist.group.WORLD))
+    return cfg, rlinf_gather
+cfg, rlinf_gather = sync("qwen2.5")
+try:
+    rlinf_gather(None, local, 0); refused = None
+except AssertionError as e:
+    refused = str(e)
+out = rp.make_native_norm_gather(rlinf_gather)(types.SimpleNamespace(config=cfg), local, 0)
+seen = {}
+cfg_p, _ = sync("pangu")
+rp.make_native_norm_gather(lambda self, b, d: seen.update(b))(types.SimpleNamespace(config=cfg_p), local, 0)
+print(json.dumps({"refused": refused, "hf": sorted(out), "norms": [out["model.layers.0.input_layernorm.weight"][0].item(),
+      out["model.layers.0.post_attention_layernorm.weight"][0].item()], "pangu_keys": sorted(seen) == sorted(local)}))
+"""
 
-    name = "decoder.layers.3.pre_mlp_layernorm.weight"
-    original = getattr(Qwen25Convertor.map_name, "__rlinf_pangu_original__", Qwen25Convertor.map_name)
-    conv = Qwen25Convertor(config=None)
-    assert original(conv, name) is None  # negative control: RLinf's rules know only TE's names
-    from rlinf_pangu import patches
 
-    patches.apply_patch(rp.NATIVE_SYNC_NORM_NAMES)
-    transform, targets = conv.map_name(name)
-    assert targets == ["model.layers.3.post_attention_layernorm.weight"]
-    assert conv.map_name("decoder.layers.3.mlp.linear_fc1.layer_norm_weight")[1] == targets  # TE name unchanged
-    assert conv.map_name("decoder.layers.3.not_a_norm.weight") is None
+def test_rlinf_sync_of_its_own_model_takes_the_local_modules_norms_only_with_the_patch():
+    """RLinf's own Qwen TP reshard + TransformFuncs on a bucket of a local-module model (1-rank gloo)."""
+    r = json.loads(_fresh(_SYNC_CODE))
+    assert r["refused"] == "Unknown parameter: decoder.layers.0.input_layernorm.weight"  # RLinf alone
+    assert r["norms"] == [1.5, 2.5]  # each norm reached its own HF name
+    assert {"model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+            "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"} <= set(r["hf"])
+    assert r["pangu_keys"]  # Pangu's own sync (which knows the local names) gets the bucket as it was
 
 
 # --------------------------------------------------------------------------------------

@@ -1307,7 +1307,7 @@ def _phase_trace() -> None:
 # --- megatron-core's own modules (no Transformer Engine) for RLinf's native models ------
 
 NATIVE_CKPT_NORM_NAMES = "rlinf.convert_hf_to_mg:norm-names-of-the-spec"
-NATIVE_SYNC_NORM_NAMES = "rlinf.BaseConvertor:local-norm-names"
+NATIVE_SYNC_NORM_NAMES = "rlinf.MegatronCoreWeightReshard:local-norm-names"
 #: Megatron norm names: Transformer Engine fuses each pre-norm into the linear after it
 #: (RLinf's converter writes and its TransformFuncs read only these); megatron-core's own
 #: modules keep them apart. (TE-fused suffix, local suffix) within a layer.
@@ -1408,38 +1408,45 @@ def _native_ckpt_norm_names() -> None:
     after_import(_RLINF_CONVERTER, install)  # after the Pangu dispatch (declared earlier): it wraps it
 
 
-_RLINF_CONVERTOR_UTILS = "rlinf.utils.convertor.utils"
+_MCORE_RESHARD = "rlinf.utils.resharding.mcore_weight_reshard"
 
 
-def make_local_norm_map_name(original: Callable) -> Callable:
-    """``BaseConvertor.map_name`` that maps a local module's norm like its TE-fused twin when no
-    rule of the convertor matches it (a convertor with rules for the local names is unchanged)."""
+def make_native_norm_gather(original: Callable) -> Callable:
+    """``MegatronCoreWeightReshard.gather_and_reshard_model`` that, for one of RLinf's own model
+    types synced to an HF-format rollout, hands RLinf's TP/PP reshard and TransformFuncs the norms
+    of megatron-core's local modules under Transformer Engine's fused names, the only ones they
+    know. Pangu (its reshard and convertor take both) and Megatron targets (``mcore``: the
+    receiving model has the local names) are passed through unchanged."""
 
-    def map_name(self, name):
-        mapped = original(self, name)
-        if mapped is None:
-            te = local_norm_to_te(name)
-            if te is not None:
-                mapped = original(self, te)
-        return mapped
+    def gather_and_reshard_model(self, bucket_weight, dst_tp_rank):
+        from rlinf_pangu import MODEL_TYPE
 
-    return mark(map_name, original)
+        cfg = self.config
+        if getattr(cfg.model_type, "value", cfg.model_type) != MODEL_TYPE and cfg.reshard_weights_format != "mcore":
+            bucket_weight = {local_norm_to_te(k) or k: v for k, v in bucket_weight.items()}
+        return original(self, bucket_weight, dst_tp_rank)
+
+    return mark(gather_and_reshard_model, original)
+
+
+def _rlinf_sync_knows_only_te_norms() -> bool:
+    src = upstream_source(_RESHARD_UTILS)  # RLinf's TP reshard of its own models
+    return '"linear_qkv.layer_norm_weight"' in src and "input_layernorm" not in src and "def gather_and_reshard_model" in upstream_source(_MCORE_RESHARD)
 
 
 @patch(
     NATIVE_SYNC_NORM_NAMES,
-    why="RLinf's Megatron->HF TransformFuncs (Qwen2.5/Qwen3 convertors) have rules for Transformer Engine's fused norm names only: a model built with megatron-core's own modules (no TE, or transformer_impl: local) has input_layernorm/pre_mlp_layernorm, which the strict weight sync rejects (KeyError: Unmapped key)",
-    module=_RLINF_CONVERTOR_UTILS,
-    # RLinf's dense rules match the TE-fused "linear_qkv\.layer_norm_weight", none the local "\.input_layernorm\."
-    applies=lambda: "linear_qkv\\.layer_norm_weight" in upstream_source(_RLINF_CONVERTOR_UTILS)
-    and "\\.input_layernorm\\." not in upstream_source(_RLINF_CONVERTOR_UTILS),
+    why="RLinf's weight sync of its own models (the Qwen TP reshard, which asserts on any other name, and its TransformFuncs) knows only Transformer Engine's fused norm names: a model built with megatron-core's own modules (no TE, or transformer_impl: local) fails the first sync with 'Unknown parameter: decoder.layers.0.input_layernorm.weight'",
+    module=_MCORE_RESHARD,
+    applies=_rlinf_sync_knows_only_te_norms,
 )
 def _native_sync_norm_names() -> None:
-    def install(cu) -> None:
-        if not patched(cu.BaseConvertor.map_name):
-            cu.BaseConvertor.map_name = make_local_norm_map_name(cu.BaseConvertor.map_name)
+    def install(mr) -> None:
+        cls = mr.MegatronCoreWeightReshard
+        if not patched(cls.gather_and_reshard_model):
+            cls.gather_and_reshard_model = make_native_norm_gather(cls.gather_and_reshard_model)
 
-    after_import(_RLINF_CONVERTOR_UTILS, install)
+    after_import(_MCORE_RESHARD, install)
 
 
 #: What RLinf's own model path needs on this stack (benchmarks/grpo_step.py names them in its JSON).
