@@ -327,7 +327,8 @@ CHECKPOINT_PATCHES = ["rlinf.ReasoningRunner:atomic-save", "rlinf.MegatronModelM
                       "rlinf.ReasoningRunner:resumable-sampler", "rlinf.MegatronModelManager:checkpoint-keeps-offload-policy",
                       "megatron.training.checkpointing:weights-only-load",
                       "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-no-grad",
-                      "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-torch-adam-step"]
+                      "megatron.core.optimizer.DistributedOptimizer:dp-zero-load-torch-adam-step",
+                      "megatron.core.optimizer.DistributedOptimizer:load-state-dict-shared-step"]
 
 
 def test_upstream_still_needs_the_checkpoint_patches():

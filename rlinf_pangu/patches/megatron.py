@@ -328,3 +328,51 @@ def _dp_zero_load_keeps_torch_adam_step() -> None:
             cls._set_main_param_and_optimizer_states = make_state_setter(fn)
 
     after_import(_DISTRIB_OPTIMIZER, install)
+
+
+LOAD_SHARED_STEP = "megatron.core.optimizer.DistributedOptimizer:load-state-dict-shared-step"
+
+
+def make_unshared_step_load(original: Any) -> Any:
+    """``DistributedOptimizer.load_state_dict`` that gives each parameter its own ``step`` tensor.
+
+    Megatron's load hands every parameter's torch-Adam state the *same* step tensor, and torch's
+    Adam increments each parameter's step in place: after one resumed step the shared count has
+    grown by the number of parameters, and every later update uses the wrong bias correction."""
+    import functools
+
+    @functools.wraps(original)
+    def load_state_dict(self, *args, **kwargs):
+        import torch
+
+        out = original(self, *args, **kwargs)
+        for state in self.optimizer.state.values():
+            step = state.get("step") if isinstance(state, dict) else None
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.detach().clone()
+        return out
+
+    load_state_dict.__rlinf_pangu_original__ = original  # type: ignore[attr-defined]
+    return load_state_dict
+
+
+def _load_shares_one_step_tensor() -> bool:
+    src = _source_on_disk(_DISTRIB_OPTIMIZER, "DistributedOptimizer.load_state_dict")
+    return "for s in state_dict_state.values():" in src and "s['step'] = step" in src
+
+
+@patch(
+    LOAD_SHARED_STEP,
+    why="megatron-core 0.19's DistributedOptimizer.load_state_dict gives every parameter's torch-Adam state one shared step tensor, which torch's Adam then increments once per parameter: a resumed run without Transformer Engine or Apex trained with the wrong Adam bias correction (its second step differed from the uninterrupted run's)",
+    module=_DISTRIB_OPTIMIZER,
+    applies=_load_shares_one_step_tensor,
+)
+def _load_gives_each_param_its_step() -> None:
+    from .core import after_import
+
+    def install(do) -> None:
+        cls = do.DistributedOptimizer
+        if not hasattr(cls.load_state_dict, "__rlinf_pangu_original__"):
+            cls.load_state_dict = make_unshared_step_load(cls.load_state_dict)
+
+    after_import(_DISTRIB_OPTIMIZER, install)
