@@ -12,7 +12,9 @@ mappers or a worker. RLinf's rules, as its placement code states them:
   ranges; RLinf's placement docstring: "actor, rollout, and inference should all exist"); the
   runner pipelines rollout, inference and training, and weights go over the collective. Without
   ``algorithm.recompute_logprobs`` there is nothing for an inference group to do, and RLinf then
-  forbids one;
+  forbids one. (RLinf's placement class itself accepts a disaggregated placement with the
+  recompute on and no inference group: the actor then recomputes between rollout and training;
+  a 2-step CPU run of that went through. The driver holds YAMLs to the documented contract.);
 * anything in between (partly overlapping ranges) is neither, and RLinf refuses it.
 
 :func:`check` applies these rules to the YAML and raises :class:`~rlinf_pangu.config.ConfigError`
@@ -169,9 +171,10 @@ def check(cfg: Any) -> str:
                                         "(actor, rollout and inference on disjoint ranges), nothing in between")
         if recompute and inference is None:
             raise _config_error(KEY, "disaggregated placement (actor and rollout on separate devices) without an 'inference' "
-                                "entry: RLinf's disaggregated mode recomputes log-probs on an inference group of its own "
-                                "devices. Add e.g. 'inference: <ranks>', or set algorithm.recompute_logprobs=false "
-                                "(GRPO then uses SGLang's own log-probs)")
+                                "entry: RLinf's disaggregated mode expects actor, rollout and inference on devices of their "
+                                "own (its placement's contract); without one the actor recomputes the log-probs itself, "
+                                "between its rollouts and its training. Add e.g. 'inference: <ranks>', or set "
+                                "algorithm.recompute_logprobs=false (GRPO then uses SGLang's own log-probs)")
         if not recompute and inference is not None:
             raise _config_error("algorithm.recompute_logprobs", "false disables the log-prob recompute, so RLinf refuses an "
                                 f"inference group ({inference.config_key}); drop that entry or set it to true")

@@ -130,6 +130,8 @@ def test_inference_sharing_the_actors_devices_is_an_overlap(ckpts):
 
 
 def test_disaggregated_without_an_inference_group_is_refused(ckpts):
+    """RLinf's placement contract for its disaggregated mode (actor, rollout and inference all
+    placed); its placement class would accept the YAML and let the actor recompute."""
     e = _error(DISAGG_CPU, ckpts["tiny"], "~cluster.component_placement.inference")
     assert e.key == "cluster.component_placement" and "without an 'inference' entry" in str(e)
 
