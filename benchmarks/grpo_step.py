@@ -617,8 +617,7 @@ def baseline_patches() -> list[dict[str, str]]:
     from rlinf_pangu.patches import PATCHES
     from rlinf_pangu.patches import rlinf as rp
 
-    names = [rp.ROPE_THETA, rp.SAMPLING_PARAMS, *getattr(rp, "NATIVE_MODEL_PATCHES", ())]
-    return [{"name": n, "why": PATCHES[n].why} for n in names if n in PATCHES]
+    return [{"name": n, "why": PATCHES[n].why} for n in rp.NATIVE_MODEL_PATCHES if n in PATCHES]
 
 
 # --------------------------------------------------------------------------------------
