@@ -168,6 +168,15 @@ class CpuPlatform:
         torch.manual_seed(seed)
 
     @staticmethod
+    def get_rng_state(*args: Any) -> torch.Tensor:
+        # RLinf's FSDP checkpoint saves the accelerator's RNG state beside the CPU's: on the CPU they are one.
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, *args: Any) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
     def get_device_properties(*args: Any) -> Any:
         return None
 
