@@ -44,7 +44,7 @@ resolved config, train.log, console).
 
 GPU, one H100/H200, the wheelhouse installed as README's GPU section says (/work/notes/gpu-plan-18.md)::
 
-    python3 benchmarks/grpo_step.py --preset 1b --device cuda --out $OUT --deadline-s 570
+    python3 benchmarks/grpo_step.py --preset 1b --device cuda --out $OUT --deadline-s 545
 
 CPU dry run (the CPU mode, tiny shapes, checks the wiring, not a measurement; ~10-20 min here)::
 
@@ -79,6 +79,8 @@ log = logging.getLogger("grpo_step")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ARMS = ("pangu", "baseline")
+#: Kept before --deadline-s for stopping a run (SIGINT, 20 s, SIGKILL) and writing the outputs.
+STOP_AND_WRITE_S = 60.0
 #: The issue's goals (issue 18): medians of the same session.
 GOALS = {"step_ratio": 0.95, "sync_share": 0.02, "other_share": 0.10}
 
@@ -317,7 +319,7 @@ def _stop_run(proc: subprocess.Popen, ray_tmp: Path | None) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(timeout=45)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -642,8 +644,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help="pangu,baseline (both by default, in this order)")
     p.add_argument("--seed", type=int, default=0, help="checkpoint and prompt seed")
     p.add_argument("--deadline-s", type=float, default=None,
-                   help="wall-clock budget of the whole benchmark; a run that would pass it is stopped "
-                        "(the JSON then says so)")
+                   help="wall-clock budget of the whole benchmark: a run is stopped STOP_AND_WRITE_S (60 s) "
+                        "before it, and the JSON says so")
     p.add_argument("--run-timeout-s", type=float, default=3600.0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra YAML override for both arms (e.g. actor.offload_optimizer=false)")
@@ -783,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm in arms:
         left = a.run_timeout_s
         if a.deadline_s is not None:
-            left = min(left, a.deadline_s - (time.monotonic() - t_start) - 20)  # 20 s to write the outputs
+            left = min(left, a.deadline_s - (time.monotonic() - t_start) - STOP_AND_WRITE_S)
         if left <= 30:
             log.warning("[%s] not started: %.0f s left before the deadline", arm, left)
             report[arm] = {"skipped": f"deadline ({a.deadline_s} s) reached"}
