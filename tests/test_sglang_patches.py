@@ -92,8 +92,20 @@ def test_reshard_dispatch_patch_is_needed_and_routes_pangu_to_its_fns(tiny_fp32)
     with pytest.raises(NotImplementedError):
         ru.get_tp_reshard_fn.__rlinf_pangu_original__("pangu")
     assert rc.get_tp_reshard_fn("qwen2.5") is ru.tp_reshard_fn_qwen2_5  # others still RLinf's own
+    cfg = __import__("sync_testlib").reshard_config(tiny_fp32, 2, 1)  # the rollout's (SGLang) target
+    # Pangu's convertor binds its no-copy variant of the same function (it copies what it is given)
+    assert cfg.tp_reshard_fn.func is tp_reshard_fn_pangu and cfg.tp_reshard_fn.keywords == {"copy": False}
+    assert cfg.pp_reshard_fn is pp_reshard_fn_pangu
+
+
+def test_megatron_target_reshard_keeps_megatrons_vocabulary_split(tiny_fp32):
+    """The disaggregated mode's actor -> inference sync (format mcore) must not cut the
+    vocabulary to SGLang's padded rows: Pangu's TP reshard is bound to vocab='megatron'."""
+    from resharding.reshard import pp_reshard_fn_pangu, tp_reshard_fn_pangu
+
     cfg = __import__("sync_testlib").reshard_config(tiny_fp32, 2, 1, reshard_weights_format="mcore")
-    assert cfg.tp_reshard_fn is tp_reshard_fn_pangu and cfg.pp_reshard_fn is pp_reshard_fn_pangu
+    assert cfg.tp_reshard_fn.func is tp_reshard_fn_pangu and cfg.tp_reshard_fn.keywords == {"vocab": "megatron"}
+    assert cfg.pp_reshard_fn is pp_reshard_fn_pangu
 
 
 def test_rlinf_qwen_tp_reshard_cannot_take_the_o_proj_bias():
