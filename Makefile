@@ -14,7 +14,7 @@ demo: setup
 	$(PY) -m rlinf.train --config examples/math/pangu-tiny-grpo-megatron-cpu.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"

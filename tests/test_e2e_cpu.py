@@ -28,20 +28,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from rlinf_pangu.console import failure_lines
+from e2e_run import EXAMPLES, ROOT, Run, assert_most_tensors_changed, megatron_state, metrics, run_training
 from rlinf_pangu.patches.cpu import ENV_SKIP_SYNC
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "math" / "pangu-tiny-grpo-megatron-cpu.yaml"
+CONFIG = EXAMPLES / "pangu-tiny-grpo-megatron-cpu.yaml"
 STEPS = 2
 #: max |SGLang log-prob - actor recompute| after a sync, fp32 both sides (module docstring).
 GATE = 1e-4
@@ -51,25 +46,8 @@ CONSOLE_LINES = 10 + STEPS
 pytestmark = pytest.mark.slow
 
 
-def _train(out: Path, steps: int, extra_env: dict[str, str] | None = None) -> dict:
-    ckpt = out / "ckpt"
-    cmd = [
-        sys.executable, "-m", "rlinf.train", "--config", str(CONFIG),
-        f"runner.max_steps={steps}", f"runner.save_interval={steps}", f"runner.output_dir={out}",
-        f"rollout.model.model_path={ckpt}", "pangu.make_checkpoint.enabled=true", "pangu.report.plot=true",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RLINF_"))}
-    env.update(extra_env or {})
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
-    elapsed = time.monotonic() - t0
-    run_dir = out / "pangu-tiny-grpo-cpu"
-    log_path = run_dir / "train.log"
-    log = log_path.read_text(errors="replace") if log_path.is_file() else ""
-    console = p.stdout + p.stderr
-    assert p.returncode == 0, "\n".join(["console:", console[-4000:], "train.log:", *failure_lines(log)])
-    print(f"\n[e2e] {steps} GRPO step(s) incl. start-up: {elapsed:.0f} s", file=sys.stderr)
-    return {"dir": run_dir, "ckpt": ckpt, "log": log, "console": console}
+def _train(out: Path, steps: int, extra_env: dict[str, str] | None = None) -> Run:
+    return run_training(CONFIG, out, "pangu-tiny-grpo-cpu", steps, extra_env=extra_env, plot=True)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +60,6 @@ def unsynced_run(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("e2e-nosync"), 1, {ENV_SKIP_SYNC: "1"})
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def post_sync_gate(rows: list[dict]) -> list[str]:
     """Why the post-sync gate fails on these steps ([] when it passes); non-finite fails."""
     failures = []
@@ -96,15 +70,8 @@ def post_sync_gate(rows: list[dict]) -> list[str]:
     return failures
 
 
-def _megatron_state(path: Path) -> dict[str, torch.Tensor]:
-    files = sorted(path.rglob("model_optim_rng.pt"))
-    assert files, f"no Megatron checkpoint under {path}"
-    sd = torch.load(files[0], map_location="cpu", weights_only=False)["model"]
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
-
-
 def test_sglang_logprobs_equal_the_actors_after_every_sync(run):
-    rows = _metrics(run["dir"])
+    rows = metrics(run["dir"])
     assert len(rows) == STEPS
     assert post_sync_gate(rows) == [], rows
     print("[e2e] max log-prob gap per step:", [r["rollout/logprob_gap_max"] for r in rows], file=sys.stderr)
@@ -112,13 +79,13 @@ def test_sglang_logprobs_equal_the_actors_after_every_sync(run):
 
 def test_the_gate_fails_when_the_sync_is_skipped(unsynced_run):
     assert f"{ENV_SKIP_SYNC}=1, weight sync skipped" in unsynced_run["log"]
-    rows = _metrics(unsynced_run["dir"])
+    rows = metrics(unsynced_run["dir"])
     assert rows and post_sync_gate(rows), rows  # SGLang's random start weights: gaps of nats
     assert rows[0]["rollout/logprob_gap_max"] > 1.0, rows
 
 
 def test_step_1_ppo_kl_is_exactly_zero(run):
-    first = _metrics(run["dir"])[0]
+    first = metrics(run["dir"])[0]
     assert first["actor/training/actor/approx_kl"] == 0.0, first
 
 
@@ -135,7 +102,7 @@ def test_the_run_is_fp32_end_to_end(run):
 
 
 def test_every_step_is_reported(run):
-    rows = _metrics(run["dir"])
+    rows = metrics(run["dir"])
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for r in rows:
         for key in ("rollout/reward_scores", "rollout/response_length", "time/rollout", "time/actor/training", "time/sync_weights"):
@@ -170,12 +137,9 @@ def test_the_actor_sends_packed_buckets_to_sglangs_pangu_class(run):
 
 
 def test_actor_weights_changed(run):
-    start = _megatron_state(run["dir"] / "converted_ckpts" / "actor")
-    after = _megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")
-    common = sorted(set(start) & set(after))
-    assert len(common) >= 10, (sorted(start)[:5], sorted(after)[:5])
-    changed = [k for k in common if not torch.equal(start[k].float(), after[k].float())]
-    assert len(changed) > len(common) // 2, f"only {len(changed)}/{len(common)} tensors changed"
+    start = megatron_state(run["dir"] / "converted_ckpts" / "actor")
+    after = megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")
+    assert_most_tensors_changed(start, after, at_least=10)
 
 
 def test_reward_is_graded_on_the_answer_part(run):

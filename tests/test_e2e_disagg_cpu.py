@@ -28,20 +28,15 @@ each on a rank of its own; after every step the actor sends its weights to the i
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from e2e_run import EXAMPLES, ROOT, assert_most_tensors_changed, megatron_state, run_training
 
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "math" / "pangu-tiny-grpo-megatron-disagg-cpu.yaml"
+CONFIG = EXAMPLES / "pangu-tiny-grpo-megatron-disagg-cpu.yaml"
 STEPS = 3
 CONTROL_STEP = 1  # rollout sync skipped before it
 SYNCED_STEPS = [2, 3]
@@ -53,44 +48,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e-disagg")
-    ckpt = out / "ckpt"
-    cmd = [
-        sys.executable, str(ROOT / "tests" / "disagg_skip_sync.py"), "--skip-rollout-sync", str(CONTROL_STEP),
-        "--config", str(CONFIG),
-        f"runner.max_steps={STEPS}", f"runner.save_interval={STEPS}", f"runner.output_dir={out}",
-        f"rollout.model.model_path={ckpt}", "pangu.make_checkpoint.enabled=true", "pangu.report.plot=false",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RLINF_"))}
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
-    elapsed = time.monotonic() - t0
-    run_dir = out / "pangu-tiny-grpo-disagg-cpu"
-    # the console shows little; what the workers log goes to the run's train.log (when present)
-    train_log = run_dir / "train.log"
-    log = p.stdout + p.stderr + (train_log.read_text(errors="replace") if train_log.is_file() else "")
-    (out / "driver.log").write_text(log)
-    assert p.returncode == 0, _failure_summary(log)
-    print(f"\n[e2e-disagg] {STEPS} GRPO steps incl. start-up: {elapsed:.0f} s", file=sys.stderr)
-    rows = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r}
-    resolved = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
-    return {"dir": run_dir, "log": log, "rows": rows, "cfg": resolved}
-
-
-def _failure_summary(log: str) -> str:
-    """The lines that say why a run failed (progress bars bury them in the log's tail)."""
-    import re
-
-    lines = [ln for ln in log.replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln]
-    causes = [ln for ln in lines if re.search(r"Error|Exception|Traceback|OOM|killed|Failed", ln) and "Ignore import error" not in ln]
-    return "\n".join(["causes:", *causes[-40:], "", "tail:", *lines[-40:]])[-8000:]
-
-
-def _megatron_state(path: Path) -> dict[str, torch.Tensor]:
-    files = sorted(path.rglob("model_optim_rng.pt"))
-    assert files, f"no Megatron checkpoint under {path}"
-    sd = torch.load(files[0], map_location="cpu", weights_only=False)["model"]
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+    launcher = [sys.executable, str(ROOT / "tests" / "disagg_skip_sync.py"), "--skip-rollout-sync", str(CONTROL_STEP)]
+    run = run_training(CONFIG, tmp_path_factory.mktemp("e2e-disagg"), "pangu-tiny-grpo-disagg-cpu", STEPS,
+                       label="e2e-disagg", launcher=launcher, timeout=1800)
+    return {"dir": run.dir, "log": run.log, "rows": {r["step"]: r for r in run.rows()}, "cfg": run.resolved_config()}
 
 
 def gate(cfg: dict) -> tuple[float, float]:
@@ -154,9 +115,6 @@ def test_the_inference_group_holds_the_actors_weights_after_each_sync(run, step)
 
 
 def test_actor_weights_changed(run):
-    start = _megatron_state(run["dir"] / "converted_ckpts" / "actor")
-    after = _megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")
-    common = sorted(set(start) & set(after))
-    assert len(common) >= 10, (sorted(start)[:5], sorted(after)[:5])
-    changed = [k for k in common if not torch.equal(start[k].float(), after[k].float())]
-    assert len(changed) > len(common) // 2, f"only {len(changed)}/{len(common)} tensors changed"
+    start = megatron_state(run["dir"] / "converted_ckpts" / "actor")
+    after = megatron_state(run["dir"] / "checkpoints" / f"global_step_{STEPS}" / "actor")
+    assert_most_tensors_changed(start, after, at_least=10)

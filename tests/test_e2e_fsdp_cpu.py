@@ -24,14 +24,13 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "math" / "pangu-tiny-grpo-fsdp-cpu.yaml"
+from e2e_run import EXAMPLES, ROOT, assert_most_tensors_changed, metrics, run_training
+
+CONFIG = EXAMPLES / "pangu-tiny-grpo-fsdp-cpu.yaml"
 STEPS = 2
 #: The issue's post-sync bound (fp32 on both sides; see the module docstring).
 GAP_TOL = 1e-4
@@ -39,50 +38,19 @@ GAP_TOL = 1e-4
 pytestmark = pytest.mark.slow
 
 
-def _failure_summary(log: str) -> str:
-    import re
-
-    lines = [ln for ln in log.replace("\r", "\n").splitlines() if ln.strip() and "it/s]" not in ln]
-    causes = [ln for ln in lines if re.search(r"Error|Exception|Traceback|OOM|killed|Failed", ln) and "Ignore import error" not in ln]
-    return "\n".join(["causes:", *causes[-40:], "", "tail:", *lines[-40:]])[-8000:]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e_fsdp")
-    ckpt = out / "ckpt"
-    cmd = [
-        sys.executable, "-m", "rlinf.train", "--config", str(CONFIG),
-        f"runner.max_steps={STEPS}", f"runner.save_interval={STEPS}", f"runner.output_dir={out}",
-        f"rollout.model.model_path={ckpt}", "pangu.make_checkpoint.enabled=true", "pangu.report.plot=false",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RLINF_"))}
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
-    elapsed = time.monotonic() - t0
-    log = p.stdout + p.stderr
-    (out / "driver.log").write_text(log)
-    assert p.returncode == 0, _failure_summary(log)
-    run_dir = out / "pangu-tiny-grpo-fsdp-cpu"
-    print(f"\n[e2e fsdp] {STEPS} GRPO steps incl. start-up: {elapsed:.0f} s", file=sys.stderr)
-    return {"dir": run_dir, "ckpt": ckpt, "log": log, "out": out}
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _actor_log(run) -> str:
-    train_log = run["dir"] / "train.log"  # the driver may send worker output there instead of stdout
-    return run["log"] + (train_log.read_text() if train_log.is_file() else "")
+    run = run_training(CONFIG, out, "pangu-tiny-grpo-fsdp-cpu", STEPS, label="e2e fsdp")
+    return {"dir": run.dir, "ckpt": run.ckpt, "log": run.log, "out": out}
 
 
 def test_rlinfs_fsdp_actor_trains_pangu_with_sdpa(run):
-    assert "FSDP actor: PanguEmbeddedForCausalLM with sdpa attention" in _actor_log(run)
+    assert "FSDP actor: PanguEmbeddedForCausalLM with sdpa attention" in run["log"]
 
 
 def test_every_step_is_reported(run):
-    rows = _metrics(run["dir"])
+    rows = metrics(run["dir"])
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for r in rows:
         for key in ("rollout/reward_scores", "time/rollout", "time/actor/training", "time/sync_weights",
@@ -92,7 +60,7 @@ def test_every_step_is_reported(run):
 
 def test_sglang_logprobs_equal_the_fsdp_actors_after_every_sync(run):
     """The parity gate, per step, on the worst token of the step."""
-    rows = _metrics(run["dir"])
+    rows = metrics(run["dir"])
     gaps = [(r["step"], r["rollout/logprob_gap_max"], r["rollout/logprob_gap_mean"]) for r in rows]
     print(f"\n[e2e fsdp] (step, logprob gap max, mean): {gaps}", file=sys.stderr)
     for step, worst, mean in gaps:
@@ -109,12 +77,7 @@ def _full_weights(run) -> dict[str, torch.Tensor]:
 def test_actor_weights_changed(run):
     from rlinf_pangu.hf.checkpoint import load_tensors
 
-    start = load_tensors(run["ckpt"])
-    after = _full_weights(run)
-    common = sorted(set(start) & set(after))
-    assert len(common) >= 50, (sorted(start)[:5], sorted(after)[:5])
-    changed = [k for k in common if not torch.equal(start[k].float(), after[k].float())]
-    assert len(changed) > len(common) // 2, f"only {len(changed)}/{len(common)} tensors changed"
+    assert_most_tensors_changed(load_tensors(run["ckpt"]), _full_weights(run), at_least=50)
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,7 @@ def test_padded_batch_rows_equal_each_sequence_alone(run):
 
 
 def test_grad_norm_is_the_whole_gradients_and_clipping_bites(run):
+    print(f"\n[fsdp parity] grad norms: {[r['grad_norm'] for r in run['ranks']]}")
     for r in run["ranks"]:
         g = r["grad_norm"]
         assert g["ref"] > 2 * g["clip"], f"clipping would not bite: {g}"
@@ -107,8 +108,9 @@ def test_grad_norm_is_the_whole_gradients_and_clipping_bites(run):
 def test_optimizer_step_equals_the_unsharded_step(run):
     pa = run["ranks"][0]["params_after"]  # the full state dict lands on rank 0
     assert len(pa["got"]) == len(pa["want"]) >= 50, sorted(pa["got"])[:5]
-    check(worst(diff(n, pa["got"][n], pa["want"][n]) for n in pa["got"]), max_abs=1e-6)
+    step = check(worst(diff(n, pa["got"][n], pa["want"][n]) for n in pa["got"]), max_abs=1e-6)
     moved = worst(diff(n, pa["got"][n], pa["start"][n]) for n in pa["got"])
+    print(f"\n[fsdp parity] step vs unsharded: {step}; moved: {moved.max_abs:.3e}")
     assert moved.max_abs > 5e-5, f"the step barely moved the weights: the check above would be blind ({moved})"
 
 
@@ -123,12 +125,14 @@ def test_sync_buckets_carry_every_hf_tensor_once_under_its_hf_name(run, tiny_fp3
 
 def test_sglang_serves_the_checkpoint_like_the_actor_before_the_step(engine, run, probe):
     """The floor: the engine's own load of the checkpoint against the FSDP actor's start weights."""
-    check(logprob_gap("floor", _served(engine, probe), run["sync"]["lp_before"]), max_abs=POST_SYNC_TOL)
+    floor = check(logprob_gap("floor", _served(engine, probe), run["sync"]["lp_before"]), max_abs=POST_SYNC_TOL)
+    print(f"\n[fsdp parity] {floor}")
 
 
 def test_negative_control_without_the_sync_sglang_misses_the_trained_actor(engine, run, probe):
     stale = logprob_gap("skipped sync", _served(engine, probe), run["sync"]["lp_after"])
     assert stale.finite and stale.max_abs > 100 * POST_SYNC_TOL, f"the step did not move the probe: {stale}"
+    print(f"\n[fsdp parity] {stale}")
 
 
 def test_after_the_sync_sglang_serves_the_fsdp_actors_weights(engine, run, probe):
