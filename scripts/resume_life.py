@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # e2e_run: how the e2e tests start and kill a run
+
+from e2e_run import kill_tree  # noqa: E402
 
 
 def _free_port() -> int:
@@ -93,8 +96,6 @@ class Life:
         return (k - 1) in self._metrics()
 
     def run_and_kill(self) -> None:
-        import psutil
-
         self.say("run A: " + " ".join(self.cmd()))
         t0 = time.monotonic()
         proc = subprocess.Popen(self.cmd(), stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
@@ -102,17 +103,11 @@ class Life:
             if proc.poll() is not None:
                 raise SystemExit(f"run A ended (rc {proc.returncode}) before the kill point; see {self.log_path}")
             time.sleep(0.02)
-        pids = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(60)
+        killed = kill_tree(proc)
         self.report["run_a_seconds"] = round(time.monotonic() - t0, 1)
         self.report["after_kill"] = sorted(p.name for p in self.ckpts.iterdir()) if self.ckpts.is_dir() else []
         self.report["metrics_before_kill"] = self._metrics()
-        self.say(f"SIGKILLed {len(pids)} processes; checkpoints: {self.report['after_kill']}")
+        self.say(f"SIGKILLed {killed} processes; checkpoints: {self.report['after_kill']}")
 
     # -- the resumed run --------------------------------------------------------------------
 
