@@ -8,15 +8,59 @@ Two equivalent ways (the server is SGLang's own; only Pangu's registration is ad
   ``SGLANG_EXTERNAL_MODEL_PACKAGE=rlinf_pangu.sglang_ext`` (SGLang's scheduler imports our model
   class) and ``PYTHONPATH`` with the start-up hook of :mod:`rlinf_pangu.startup.children` (patches SGLang's
   processes and registers the Pangu config/tokenizer there before SGLang parses them).
+
+On a GPU the first way also picks what SGLang cannot pick itself on the pinned stack (see
+:func:`gpu_argv`); with the second way pass ``--attention-backend triton`` and a 16-bit dtype yourself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
 
-__all__ = ["main", "print_env"]
+__all__ = ["GPU_ATTENTION_BACKEND", "gpu_argv", "main", "print_env"]
+
+logger = logging.getLogger(__name__)
+
+#: SGLang's attention backend on a GPU when the caller names none: the one the rollouts run
+#: (``configs/rollout/sglang.yaml``; a test holds the two equal). SGLang's own default on Hopper is FA3,
+#: which the pinned sglang-kernel wheel does not carry: on an H100 the server died at start with
+#: "Can not import FA3 in sgl_kernel" (docs/runs/gpu-h100-2026-12-07-resume).
+GPU_ATTENTION_BACKEND = "triton"
+#: dtypes SGLang's CUDA kernels refuse: sgl_kernel's RMSNorm has no float32 path ("failed to dispatch
+#: data type Float", same run), so an fp32 server dies at its first forward.
+_NO_CUDA_KERNEL = ("float32", "float")
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def gpu_argv(argv: list[str], cuda_available: bool) -> list[str]:
+    """The server's options with the GPU defaults this stack needs; refuses what cannot run there.
+
+    Decided before SGLang parses anything, because ``ServerArgs`` resolves its attention backend
+    while it is built. CPU (``--device cpu``, or no GPU) is left to the caller.
+    """
+    device = _option(argv, "--device") or ("cuda" if cuda_available else "cpu")
+    if device != "cuda":
+        return argv
+    dtype = _option(argv, "--dtype")
+    if dtype in _NO_CUDA_KERNEL:
+        raise SystemExit(f"rlinf_pangu.serve: --dtype {dtype} on CUDA: SGLang's CUDA RMSNorm kernel (sgl_kernel) "
+                         "has no float32 path on this stack; serve in bfloat16 (the rollouts' dtype) or float16, "
+                         "or fp32 with --device cpu")
+    if _option(argv, "--attention-backend") is None:
+        logger.info("no --attention-backend given: using %s, as the rollouts do", GPU_ATTENTION_BACKEND)
+        return [*argv, "--attention-backend", GPU_ATTENTION_BACKEND]
+    return argv
 
 
 def print_env(file=sys.stdout) -> None:
@@ -33,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--print-env"]:
         print_env()
         return 0
+    import torch
+
     import rlinf_pangu
 
+    argv = gpu_argv(argv, torch.cuda.is_available())
     rlinf_pangu.register(rlinf=False)
     from sglang.launch_server import run_server
     from sglang.srt.server_args import prepare_server_args

@@ -266,20 +266,31 @@ def build_and_run(cfg, console: "Console | None" = None) -> "object":
     if console is not None:
         console.setup_done()
     t0 = time.monotonic()
+    first_step = runner.global_steps  # the resumed checkpoint's step (init_workers set it), else 0
     runner.run()
     loop_s = time.monotonic() - t0
-    log.info("%d GRPO steps in %.1f s", runner.global_steps, loop_s)
+    done = steps_done(first_step, runner.global_steps)
+    log.info("%s in %.1f s", done, loop_s)
     outputs = [run_dir]
     if report is not None:
         png = report.finish() if cfg.pangu.report.plot else report.write_jsonl()
         log.info("per-step metrics: %s; TensorBoard logs: %s", png, run_dir)
         outputs = [p for p in (png, run_dir / "metrics.jsonl") if p is not None] + [run_dir]
     if console is not None:
-        console.line(f"[rlinf-pangu] {runner.global_steps} GRPO steps in {loop_s:.0f} s "
+        console.line(f"[rlinf-pangu] {done} in {loop_s:.0f} s "
                      f"({time.monotonic() - DRIVER_START:.0f} s since the driver started)")
         console.where("outputs", [*outputs, *([console.log_path] if console.log_path else [])])
     runner.report = report
     return runner
+
+
+def steps_done(first_step: int, last_step: int) -> str:
+    """What this process's loop ran: after a resume RLinf's step counter starts at the checkpoint's step,
+    so the counter alone would claim the killed run's steps too."""
+    n = last_step - first_step
+    if first_step == 0:
+        return f"{n} GRPO steps"
+    return f"{n} GRPO steps ({first_step + 1}-{last_step}, resumed at step {first_step})"
 
 
 def _table_printer(enabled: bool, console: "Console | None" = None):

@@ -31,6 +31,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # e2e_run: how the e2e tests start and 
 from e2e_run import kill_tree  # noqa: E402
 
 
+#: the export's serving dtype: fp32 where SGLang runs it (CPU), the rollouts' bf16 on a GPU (SGLang's CUDA
+#: RMSNorm has no fp32 kernel; rlinf_pangu.serve refuses it there). transformers decodes in fp32 either way.
+SERVE_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
+
+
 def _free_port() -> int:
     import socket
 
@@ -212,7 +217,7 @@ class Life:
         out = {"prompt_ids": ids, "hf": ref, "sglang": None, "device": device}
         port = _free_port()
         cmd = [sys.executable, "-m", "rlinf_pangu.serve", "--model-path", str(hf), "--host", "127.0.0.1", "--port",
-               str(port), "--device", device, "--dtype", "float32", "--random-seed", "0", "--mem-fraction-static", "0.5",
+               str(port), "--device", device, "--dtype", SERVE_DTYPE[device], "--random-seed", "0", "--mem-fraction-static", "0.5",
                "--max-total-tokens", "2048", "--log-level", "warning"]
         if device == "cpu":
             cmd += ["--attention-backend", "torch_native", "--sampling-backend", "pytorch", "--disable-cuda-graph"]

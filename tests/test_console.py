@@ -77,3 +77,12 @@ def test_failure_lines_skip_progress_bars_and_keep_the_last_causes():
     assert out[:5] == [f"RuntimeError: cause {i}" for i in range(35, 40)]
     assert out[-1] == "last words"
     assert not any("it/s]" in ln or "s/it]" in ln for ln in out)
+
+
+def test_the_loop_line_counts_the_steps_this_process_ran():
+    from rlinf_pangu.train import steps_done
+
+    assert steps_done(0, 12) == "12 GRPO steps"
+    # RLinf's counter starts at the checkpoint's step after a resume (on an H100 the resumed run of 4 steps
+    # printed "6 GRPO steps": docs/runs/gpu-h100-2026-12-07-resume)
+    assert steps_done(2, 6) == "4 GRPO steps (3-6, resumed at step 2)"

@@ -122,6 +122,10 @@ def test_auto_resumes_from_the_last_complete_checkpoint(life):
     assert "Setting global step to 2" in life["log_b"]
 
 
+def test_the_resumed_console_counts_only_the_steps_it_trained(life):
+    assert "[rlinf-pangu] 2 GRPO steps (3-4, resumed at step 2) in " in life["log_b"]
+
+
 def test_the_resumed_actor_holds_exactly_the_saved_state(life):
     from rlinf_pangu import run_checkpoint as rc
 

@@ -1,0 +1,52 @@
+"""``python -m rlinf_pangu.serve`` on a GPU: the options SGLang cannot choose itself on the pinned stack.
+
+Found on an H100 (docs/runs/gpu-h100-2026-12-07-resume): SGLang's default attention backend on Hopper is
+FA3, absent from the pinned sglang-kernel wheel, and sgl_kernel's CUDA RMSNorm has no float32 path; either
+killed the server at start. The serve entry point adds the rollouts' attention backend when none is named
+and refuses fp32 on CUDA before SGLang starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlinf_pangu.serve import GPU_ATTENTION_BACKEND, gpu_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["--model-path", "/m", "--port", "30000"]
+
+
+def test_the_gpu_default_is_the_backend_the_rollouts_run():
+    rollout = yaml.safe_load((ROOT / "configs/rollout/sglang.yaml").read_text())["rollout"]
+    assert GPU_ATTENTION_BACKEND == rollout["sglang"]["attention_backend"]
+
+
+@pytest.mark.parametrize("argv,cuda", [(BASE, True), ([*BASE, "--device", "cuda"], False)])
+def test_a_gpu_server_without_a_backend_gets_the_rollouts(argv, cuda):
+    assert gpu_argv(argv, cuda) == [*argv, "--attention-backend", GPU_ATTENTION_BACKEND]
+
+
+@pytest.mark.parametrize("given", [["--attention-backend", "flashinfer"], ["--attention-backend=flashinfer"]])
+def test_a_named_backend_is_kept(given):
+    argv = [*BASE, *given]
+    assert gpu_argv(argv, True) == argv
+
+
+@pytest.mark.parametrize("dtype", [["--dtype", "float32"], ["--dtype=float"]])
+def test_fp32_on_cuda_is_refused_naming_the_option(dtype):
+    with pytest.raises(SystemExit, match=r"--dtype (float32|float) on CUDA.*--device cpu"):
+        gpu_argv([*BASE, *dtype], True)
+
+
+@pytest.mark.parametrize("argv,cuda", [([*BASE, "--dtype", "float32"], False),
+                                       ([*BASE, "--device", "cpu", "--dtype", "float32"], True)])
+def test_a_cpu_server_is_left_as_asked(argv, cuda):
+    assert gpu_argv(argv, cuda) == argv
+
+
+def test_bf16_on_cuda_passes():
+    argv = [*BASE, "--dtype", "bfloat16", "--attention-backend", "triton"]
+    assert gpu_argv(argv, True) == argv
