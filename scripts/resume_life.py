@@ -36,6 +36,13 @@ from e2e_run import kill_tree  # noqa: E402
 SERVE_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
+#: max |SGLang log-prob - transformers' log-prob| over the greedy tokens. CPU: fp32 on both sides, the CPU
+#: e2e's gate (tests/test_e2e_cpu.py). GPU: SGLang bf16 against transformers fp32, where bf16 rollouts sit
+#: 0.06-0.18 nats from an fp32-accumulated recompute at worst (docs/runs/gpu-h100-2026-11-27, -12-07): 0.25.
+#: Weights other than the export's (stale, random) are nats away.
+LOGPROB_TOL = {"cpu": 1e-4, "cuda": 0.25}
+
+
 def _free_port() -> int:
     import socket
 
@@ -173,6 +180,7 @@ class Life:
         self.report["greedy"] = greedy
         self.check("transformers and SGLang (python -m rlinf_pangu.serve) decode the export alike",
                    greedy.get("hf") is not None and greedy.get("hf") == greedy.get("sglang"), greedy)
+        self.check("SGLang gives the greedy tokens the log-probs transformers gives them (worst token)", *self._logprobs_agree(greedy))
 
     def _export_digest(self, last, hf: Path):
         import torch
@@ -197,6 +205,18 @@ class Life:
         equal = all(torch.equal(shard[n], saved[n]) for n in order)
         return digest == want and equal, {"export": digest[:16], "actor_at_save": want[:16], "rank_file_equal": equal}
 
+    @staticmethod
+    def _logprobs_agree(greedy: dict) -> tuple[bool, str]:
+        import torch
+
+        from compare import logprob_gap
+
+        if greedy.get("hf") != greedy.get("sglang") or not greedy.get("sglang_logprobs"):
+            return False, "no common greedy tokens to compare"
+        tol = LOGPROB_TOL[greedy["device"]]
+        d = logprob_gap("greedy log-probs", torch.tensor(greedy["sglang_logprobs"]), torch.tensor(greedy["hf_logprobs"]))
+        return d.finite and d.max_abs <= tol, f"{d} (tolerance {tol})"
+
     def _greedy(self, hf: Path) -> dict:
         import torch
 
@@ -213,8 +233,11 @@ class Life:
         model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32).eval()
         with torch.no_grad():
             ref = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+            logits = model(torch.tensor([ids + ref])).logits[0, len(ids) - 1:-1].float()
+            hf_logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(ref)[:, None])[:, 0].tolist()
         del model
-        out = {"prompt_ids": ids, "hf": ref, "sglang": None, "device": device}
+        out = {"prompt_ids": ids, "hf": ref, "hf_logprobs": hf_logprobs, "sglang": None, "sglang_logprobs": None,
+               "device": device}
         port = _free_port()
         cmd = [sys.executable, "-m", "rlinf_pangu.serve", "--model-path", str(hf), "--host", "127.0.0.1", "--port",
                str(port), "--device", device, "--dtype", SERVE_DTYPE[device], "--random-seed", "0", "--mem-fraction-static", "0.5",
@@ -233,11 +256,13 @@ class Life:
                             break
                 except OSError:
                     time.sleep(2)
-            body = json.dumps({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 8,
-                                                                     "ignore_eos": True}}).encode()
+            body = json.dumps({"input_ids": ids, "return_logprob": True,
+                               "sampling_params": {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}}).encode()
             req = urllib.request.Request(base + "/generate", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=120) as r:
-                out["sglang"] = json.loads(r.read())["output_ids"]
+                answer = json.loads(r.read())
+            out["sglang"] = answer["output_ids"]
+            out["sglang_logprobs"] = [entry[0] for entry in answer["meta_info"]["output_token_logprobs"]]
         except OSError as e:
             out["error"] = str(e)
         finally:
