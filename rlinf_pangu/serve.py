@@ -20,15 +20,10 @@ import os
 import shlex
 import sys
 
-__all__ = ["GPU_ATTENTION_BACKEND", "gpu_argv", "main", "print_env"]
+__all__ = ["gpu_argv", "main", "print_env", "rollout_attention_backend"]
 
 logger = logging.getLogger(__name__)
 
-#: SGLang's attention backend on a GPU when the caller names none: the one the rollouts run
-#: (``configs/rollout/sglang.yaml``; a test holds the two equal). SGLang's own default on Hopper is FA3,
-#: which the pinned sglang-kernel wheel does not carry: on an H100 the server died at start with
-#: "Can not import FA3 in sgl_kernel" (docs/runs/gpu-h100-2026-12-07-resume).
-GPU_ATTENTION_BACKEND = "triton"
 #: dtypes SGLang's CUDA kernels refuse: sgl_kernel's RMSNorm has no float32 path ("failed to dispatch
 #: data type Float", same run), so an fp32 server dies at its first forward.
 _NO_CUDA_KERNEL = ("float32", "float")
@@ -41,6 +36,18 @@ def _option(argv: list[str], name: str) -> str | None:
         if arg.startswith(name + "="):
             return arg.split("=", 1)[1]
     return None
+
+
+def rollout_attention_backend() -> str:
+    """The attention backend the rollouts run, read from the one place it is set
+    (``configs/rollout/sglang.yaml``). SGLang's own default on Hopper is FA3, which the pinned
+    sglang-kernel wheel does not carry: on an H100 the server died at start with "Can not import FA3 in
+    sgl_kernel" (docs/runs/gpu-h100-2026-12-07-resume)."""
+    from omegaconf import OmegaConf
+
+    from .config import CONFIGS_DIR
+
+    return str(OmegaConf.load(CONFIGS_DIR / "rollout" / "sglang.yaml").rollout.sglang.attention_backend)
 
 
 def gpu_argv(argv: list[str], cuda_available: bool) -> list[str]:
@@ -58,8 +65,9 @@ def gpu_argv(argv: list[str], cuda_available: bool) -> list[str]:
                          "has no float32 path on this stack; serve in bfloat16 (the rollouts' dtype) or float16, "
                          "or fp32 with --device cpu")
     if _option(argv, "--attention-backend") is None:
-        logger.info("no --attention-backend given: using %s, as the rollouts do", GPU_ATTENTION_BACKEND)
-        return [*argv, "--attention-backend", GPU_ATTENTION_BACKEND]
+        backend = rollout_attention_backend()
+        logger.info("no --attention-backend given: using %s, as the rollouts do", backend)
+        return [*argv, "--attention-backend", backend]
     return argv
 
 

@@ -37,9 +37,10 @@ SERVE_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 #: max |SGLang log-prob - transformers' log-prob| over the greedy tokens. CPU: fp32 on both sides, the CPU
-#: e2e's gate (tests/test_e2e_cpu.py). GPU: SGLang bf16 against transformers fp32, where bf16 rollouts sit
-#: 0.06-0.18 nats from an fp32-accumulated recompute at worst (docs/runs/gpu-h100-2026-11-27, -12-07): 0.25.
-#: Weights other than the export's (stale, random) are nats away.
+#: e2e's gate (tests/test_e2e_cpu.py). GPU: SGLang bf16 against transformers fp32, not yet measured; the
+#: nearest measured figure is SGLang bf16 against Megatron bf16, 0.06-0.18 nats at worst per step
+#: (docs/runs/gpu-h100-2026-11-27, -12-07), so 0.25 until a GPU run measures this pair. Weights other
+#: than the export's (stale, random) are nats away.
 LOGPROB_TOL = {"cpu": 1e-4, "cuda": 0.25}
 
 
