@@ -9,8 +9,9 @@ Two equivalent ways (the server is SGLang's own; only Pangu's registration is ad
   class) and ``PYTHONPATH`` with the start-up hook of :mod:`rlinf_pangu.startup.children` (patches SGLang's
   processes and registers the Pangu config/tokenizer there before SGLang parses them).
 
-On a GPU the first way also picks what SGLang cannot pick itself on the pinned stack (see
-:func:`gpu_argv`); with the second way pass ``--attention-backend triton`` and a 16-bit dtype yourself.
+The first way also picks what SGLang cannot pick itself on the pinned stack: on a GPU the rollouts'
+attention backend and a 16-bit dtype (:func:`gpu_argv`), on the CPU the kernels the CPU mode's rollouts
+use (:func:`cpu_argv`); with the second way pass those options yourself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import shlex
 import sys
 
-__all__ = ["gpu_argv", "main", "print_env", "rollout_attention_backend"]
+__all__ = ["cpu_argv", "gpu_argv", "main", "print_env", "rollout_attention_backend", "server_argv"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,33 @@ def gpu_argv(argv: list[str], cuda_available: bool) -> list[str]:
     return argv
 
 
+#: the CPU mode's SGLang settings a server on the CPU needs too, taken from the one place the rollouts get
+#: them (:func:`rlinf_pangu.patches.cpu.cpu_server_args`); the rest of it (KV pool size, memory saver,
+#: torch.compile) is either SGLang's own CLI default or a choice the caller makes.
+_CPU_SERVER_FIELDS = ("attention_backend", "sampling_backend", "disable_cuda_graph")
+
+
+def cpu_argv(argv: list[str]) -> list[str]:
+    """The server's options with the CPU kernels the CPU mode's rollouts run, where none is named:
+    SGLang's defaults (flashinfer/triton attention, flashinfer sampling, CUDA graphs) need CUDA."""
+    from .patches.cpu import cpu_server_args
+
+    chosen = cpu_server_args({})
+    out = list(argv)
+    for field in _CPU_SERVER_FIELDS:
+        option, value = "--" + field.replace("_", "-"), chosen[field]
+        if value is False or _option(out, option) is not None or option in out:
+            continue
+        out += [option] if value is True else [option, str(value)]
+    return out
+
+
+def server_argv(argv: list[str], cuda_available: bool) -> list[str]:
+    """The options for the device the server will run on: ``--device`` if given, else CUDA when present."""
+    device = _option(argv, "--device") or ("cuda" if cuda_available else "cpu")
+    return gpu_argv(argv, cuda_available) if device == "cuda" else cpu_argv(argv)
+
+
 def print_env(file=sys.stdout) -> None:
     """``export`` lines for the variables :func:`rlinf_pangu.startup.register.sglang_env` adds."""
     from .startup.register import sglang_env
@@ -89,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import rlinf_pangu
 
-    argv = gpu_argv(argv, torch.cuda.is_available())
+    argv = server_argv(argv, torch.cuda.is_available())
     rlinf_pangu.register(rlinf=False)
     from sglang.launch_server import run_server
     from sglang.srt.server_args import prepare_server_args

@@ -243,8 +243,6 @@ class Life:
         cmd = [sys.executable, "-m", "rlinf_pangu.serve", "--model-path", str(hf), "--host", "127.0.0.1", "--port",
                str(port), "--device", device, "--dtype", SERVE_DTYPE[device], "--random-seed", "0", "--mem-fraction-static", "0.5",
                "--max-total-tokens", "2048", "--log-level", "warning"]
-        if device == "cpu":
-            cmd += ["--attention-backend", "torch_native", "--sampling-backend", "pytorch", "--disable-cuda-graph"]
         self.say("serving the export: " + " ".join(cmd))
         server = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"

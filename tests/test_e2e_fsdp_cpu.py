@@ -120,7 +120,6 @@ def test_rlinf_pangu_serve_serves_the_export_like_hf(exported, tmp_path):
     cmd = [
         sys.executable, "-m", "rlinf_pangu.serve", "--model-path", str(exported),
         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32",
-        "--attention-backend", "torch_native", "--sampling-backend", "pytorch", "--disable-cuda-graph",
         "--mem-fraction-static", "0.5", "--max-total-tokens", "2048", "--random-seed", "0", "--log-level", "warning",
     ]
     log_path = tmp_path / "server.log"
