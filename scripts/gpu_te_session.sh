@@ -93,12 +93,19 @@ ensure_project() {  # this repo into the runtime's Python (-e: its start-up .pth
 checks() {
   cat "$STATE/binding"
   (cd / && $py - <<'PY') || { say "TE import check failed"; exit 2; }
-import importlib.metadata as md, time
+import importlib.metadata as md, os, time
+from rlinf_pangu.patches import apply_patch
+from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
+apply_patch(TORCH_CUDNN)  # TE loads torch's cuDNN, not the toolkit's (the patch says why)
 t = time.time()
 import transformer_engine.pytorch as te  # noqa: F401
 versions = {d: md.version(d) for d in ("transformer-engine", "transformer-engine-cu13", "transformer-engine-torch")}
 print("TE", versions, f"import {time.time() - t:.1f} s")
 assert len(set(versions.values())) == 1, versions
+import torch
+from transformer_engine.pytorch.utils import get_cudnn_version
+cudnn_te, cudnn_torch = ".".join(map(str, get_cudnn_version())), torch.backends.cudnn.version()
+print("cuDNN: TE", cudnn_te, "torch", cudnn_torch, "CUDNN_HOME", os.environ.get("CUDNN_HOME"))
 from rlinf.hybrid_engines.megatron import megatron_model_manager as mm
 import rlinf_pangu
 from rlinf_pangu.megatron.config import choose_spec

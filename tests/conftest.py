@@ -10,6 +10,18 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _torchs_cudnn_for_te() -> None:
+    """The GPU tests build Megatron without ``register()``: give every rank they start (the variable is
+    inherited) the cuDNN torch uses, before anything imports Transformer Engine (a no-op without TE)."""
+    from rlinf_pangu.patches import apply_patch
+    from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
+
+    apply_patch(TORCH_CUDNN)
+
+
+_torchs_cudnn_for_te()
+
+
 def _make(root: Path, name: str, **kw) -> Path:
     from rlinf_pangu.make_checkpoint import make_checkpoint
 

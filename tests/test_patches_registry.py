@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ ROOMS = {
     "megatron": {"megatron"},
     "transformers": {"transformers", "rlinf"},  # names RLinf's modules import from transformers
     "latex2sympy": {"rlinf"},  # latex2sympy2 is imported by RLinf's math verifier
+    "transformer_engine": {"transformer_engine"},
 }
 
 
@@ -37,8 +39,11 @@ def test_listing_names_every_patch_with_its_state_on_this_stack():
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(patches.PATCHES)
     assert all(r["state"] in {"applies", "not needed", "not installed"} for r in rows.values()), rows
-    # on the pinned stack every patch but the SGLang-on-CPU one (probed inside SGLang only) applies
-    assert {n for n, r in rows.items() if r["state"] != "applies"} == {"sglang.RotaryEmbedding:native-on-cpu"}
+    # on the pinned stack every patch but the SGLang-on-CPU one (probed inside SGLang only) applies; Transformer
+    # Engine is GPU-only (tests/test_te_gpu.py asserts its patch's probe where it is installed)
+    te = importlib.util.find_spec("transformer_engine") is not None
+    assert {n for n, r in rows.items() if r["state"] != "applies"} == {"sglang.RotaryEmbedding:native-on-cpu"} | (
+        set() if te else {"transformer_engine.cudnn:torch's"})
 
 
 def test_no_patch_body_is_reached_through_an_indirection():

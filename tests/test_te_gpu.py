@@ -448,6 +448,32 @@ def test_negative_control_a_merged_pack_is_caught(result):
 # CPU dry run of the rank code (no TE: the local spec in both slots)
 # --------------------------------------------------------------------------------------
 
+_ONE_CUDNN = """
+import json, torch
+from rlinf_pangu.patches import PATCHES, apply_patch
+from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
+probe = PATCHES[TORCH_CUDNN].applies()
+apply_patch(TORCH_CUDNN)
+import transformer_engine.pytorch  # noqa: F401
+from transformer_engine.pytorch.utils import get_cudnn_version
+v = torch.backends.cudnn.version()  # raises "cuDNN version incompatibility" if TE loaded another cuDNN
+print(json.dumps({"probe": probe, "te": list(get_cudnn_version()), "torch": [v // 10000, v // 100 % 100, v % 100]}))
+"""
+
+
+def test_te_and_torch_load_one_cudnn_in_a_fresh_process():
+    """The patch transformer_engine.cudnn:torch's: without it TE loaded the toolkit's cuDNN 9.14 and torch
+    (built against 9.19) refused its own (docs/runs/gpu-h100-2026-12-07-te). A fresh interpreter with no
+    CUDNN_HOME/CUDNN_PATH, as a user's shell has; the probe must still see TE's loader prefer the toolkit."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDNN_HOME", "CUDNN_PATH")}
+    out = subprocess.run([sys.executable, "-c", _ONE_CUDNN], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["probe"], "TE's cuDNN loader changed: re-read rlinf_pangu/patches/transformer_engine.py's why"
+    assert seen["te"] == seen["torch"], seen
+
 if __name__ == "__main__":
     import argparse
     import tempfile

@@ -10,6 +10,7 @@ module                 what it changes
 ``megatron``           megatron-core 0.19 (``megatron.legacy.fused_kernels``)
 ``transformers``       transformers 5.17 (names RLinf and SGLang still use)
 ``latex2sympy``        rlinf-latex2sympy2 under RLinf's math verifier
+``transformer_engine`` Transformer Engine 2.20: it loads the same cuDNN as torch
 ``cpu``                the explicit CPU mode's redirects (imported only when the YAML says
                        ``cluster.device: cpu``; never on the GPU path)
 =====================  ===========================================================================
@@ -24,7 +25,7 @@ it runs at every interpreter start-up.
 
 from __future__ import annotations
 
-from . import latex2sympy, megatron, rlinf, sglang, transformers  # noqa: F401  (declare their patches)
+from . import latex2sympy, megatron, rlinf, sglang, transformer_engine, transformers  # noqa: F401  (declare their patches)
 from .core import PATCHES, Patch, after_import, apply_all, apply_patch, before_exec, cpu_mode_run, startup_patches
 
 __all__ = ["PATCHES", "Patch", "after_import", "apply_all", "apply_patch", "arm_startup", "before_exec", "describe"]

@@ -1,0 +1,87 @@
+"""Patches on Transformer Engine 2.20: which cuDNN its loader picks.
+
+Why: TE's import (``transformer_engine/common/__init__.py``) loads cuDNN itself, and looks first at
+``CUDNN_HOME``, ``CUDNN_PATH``, ``CUDA_HOME``, ``CUDA_PATH`` and ``/usr/local/cuda`` ("prioritize
+loading from system/toolkit before checking python packages"); only then at the pip ``nvidia-cudnn``
+package torch depends on. On the lent H100 the CUDA image carries cuDNN 9.14 under the toolkit while
+torch 2.11 ships and was built against 9.19. TE then loads 9.14 globally, and the first thing that
+initialises torch's cuDNN (``torch.backends.cudnn.version()``, a cuDNN SDPA, a convolution) dies:
+"cuDNN version incompatibility: PyTorch was compiled against (9, 19, 0) but found runtime version
+(9, 14, 0)". That killed every TE GPU test at set-up (docs/runs/gpu-h100-2026-12-07-te). Pointing
+``LD_LIBRARY_PATH`` at torch's cuDNN instead is worse: TE still loads the toolkit's core library by
+path, cuDNN's sub-libraries then come from torch's copy, and TE's attention fell back from cuDNN's
+fused kernels (slower steps, a 16k-token step out of memory; same run).
+
+What: when neither ``CUDNN_HOME`` nor ``CUDNN_PATH`` is set, set ``CUDNN_HOME`` to the cuDNN of torch's
+own installation (``site-packages/nvidia/cudnn`` beside ``torch``), so TE and torch load one cuDNN.
+A value the user set is left alone. It is an environment variable, so it reaches every process
+started after it (Ray's workers, the test ranks).
+
+When: before the first ``import transformer_engine`` of a process: a start-up patch (child
+interpreters), applied by ``register()`` in the driver before Ray starts, and by the test harness and
+``benchmarks/megatron_step.py``, which build Megatron without ``register()``.
+
+This module imports only the standard library (it runs at interpreter start-up).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from .core import patch
+
+log = logging.getLogger(__name__)
+
+TORCH_CUDNN = "transformer_engine.cudnn:torch's"
+#: what TE's loader reads first; either one set by the user wins over this patch
+ENV_VARS = ("CUDNN_HOME", "CUDNN_PATH")
+#: lines of TE's ``_load_cuda_library_from_system`` / ``_load_cuda_library`` that make the patch needed
+_TE_LOADER_MARKS = ('os.environ.get(f"{lib_name.upper()}_HOME")', '"/usr/local/cuda"',
+                    "_load_cuda_library_from_system(lib_name)")
+
+
+def _package_dir(name: str) -> Path | None:
+    """The directory of top-level package ``name`` without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def torch_cudnn_home() -> Path | None:
+    """The cuDNN torch's wheel depends on (``nvidia-cudnn``, installed beside ``torch``), if any."""
+    torch_dir = _package_dir("torch")
+    if torch_dir is None:
+        return None
+    home = torch_dir.parent / "nvidia" / "cudnn"
+    return home if any((home / "lib").glob("libcudnn.so*")) else None
+
+
+def te_loader_prefers_the_toolkit() -> bool:
+    """Probe: TE's cuDNN loader still reads ``CUDNN_HOME`` first and tries the toolkit before pip."""
+    te = _package_dir("transformer_engine")
+    source = te / "common" / "__init__.py" if te else None
+    if source is None or not source.is_file():
+        return False
+    text = source.read_text()
+    return all(mark in text for mark in _TE_LOADER_MARKS)
+
+
+@patch(TORCH_CUDNN, module="transformer_engine", applies=te_loader_prefers_the_toolkit, startup=True,
+       why="TE loads the CUDA toolkit's cuDNN (9.14 on the H100 image) before torch's own (9.19); torch then "
+           "refuses its cuDNN ('cuDNN version incompatibility'): CUDNN_HOME is pointed at torch's cuDNN")
+def point_te_at_torchs_cudnn() -> None:
+    if any(os.environ.get(v) for v in ENV_VARS):
+        return
+    home = torch_cudnn_home()
+    if home is None:
+        log.debug("torch has no pip cuDNN beside it; TE picks its cuDNN itself")
+        return
+    os.environ["CUDNN_HOME"] = str(home)
+    log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine", home)

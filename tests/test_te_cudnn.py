@@ -1,0 +1,91 @@
+"""The patch ``transformer_engine.cudnn:torch's``: Transformer Engine must load the cuDNN torch uses.
+
+On the H100 image TE's loader took the CUDA toolkit's cuDNN 9.14 before torch's 9.19 and torch then
+refused its own cuDNN (docs/runs/gpu-h100-2026-12-07-te). The patch points ``CUDNN_HOME`` (what TE's
+loader reads first) at torch's cuDNN. Here, without TE: where that cuDNN is found, that a user's choice
+wins, and what the probe reads in TE's loader. tests/test_te_gpu.py checks the result where TE runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlinf_pangu.patches import transformer_engine as te_patch
+
+#: TE 2.20's loader, the lines the probe looks for (from transformer_engine/common/__init__.py)
+LOADER_2_20 = '''
+def _load_cuda_library_from_system(lib_name: str):
+    paths = (
+        os.environ.get(f"{lib_name.upper()}_HOME"),
+        os.environ.get(f"{lib_name.upper()}_PATH"),
+        os.environ.get("CUDA_HOME"),
+        "/usr/local/cuda",
+    )
+
+def _load_cuda_library(lib_name: str):
+    found, handle = _load_cuda_library_from_system(lib_name)
+'''
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in te_patch.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def _cudnn_version(lib: Path) -> int:
+    return ctypes.CDLL(str(lib)).cudnnGetVersion()
+
+
+def test_torchs_cudnn_is_found_beside_torch_and_is_the_one_torch_was_built_with():
+    home = te_patch.torch_cudnn_home()
+    assert home is not None and home.parent.parent == Path(torch.__file__).parent.parent, home
+    assert _cudnn_version(home / "lib" / "libcudnn.so.9") == torch.backends.cudnn.version()
+
+
+def test_unset_cudnn_home_is_pointed_at_torchs_cudnn(clean_env):
+    te_patch.point_te_at_torchs_cudnn()
+    import os
+
+    assert os.environ["CUDNN_HOME"] == str(te_patch.torch_cudnn_home())
+
+
+@pytest.mark.parametrize("var", te_patch.ENV_VARS)
+def test_a_cudnn_the_user_named_is_left_alone(clean_env, var, tmp_path):
+    import os
+
+    clean_env.setenv(var, str(tmp_path))
+    te_patch.point_te_at_torchs_cudnn()
+    assert os.environ[var] == str(tmp_path)
+    assert var == "CUDNN_HOME" or "CUDNN_HOME" not in os.environ
+
+
+def _fake_te(tmp_path: Path, loader: str) -> Path:
+    common = tmp_path / "transformer_engine" / "common"
+    common.mkdir(parents=True)
+    (tmp_path / "transformer_engine" / "__init__.py").write_text("")
+    (common / "__init__.py").write_text(loader)
+    return tmp_path / "transformer_engine"
+
+
+def test_the_probe_sees_te_2_20s_loader_prefer_the_toolkit(tmp_path, monkeypatch):
+    te_dir = _fake_te(tmp_path, LOADER_2_20)
+    monkeypatch.setattr(te_patch, "_package_dir", lambda name: te_dir if name == "transformer_engine" else None)
+    assert te_patch.te_loader_prefers_the_toolkit()
+
+
+def test_the_probe_fails_when_the_loader_no_longer_reads_cudnn_home(tmp_path, monkeypatch):
+    te_dir = _fake_te(tmp_path, LOADER_2_20.replace('os.environ.get(f"{lib_name.upper()}_HOME"),', ""))
+    monkeypatch.setattr(te_patch, "_package_dir", lambda name: te_dir if name == "transformer_engine" else None)
+    assert not te_patch.te_loader_prefers_the_toolkit()
+
+
+def test_without_te_the_probe_says_not_needed():
+    if te_patch._package_dir("transformer_engine") is not None:
+        pytest.skip("Transformer Engine is installed here (tests/test_te_gpu.py covers it)")
+    assert not te_patch.te_loader_prefers_the_toolkit()
