@@ -33,9 +33,15 @@ def _load_cuda_library(lib_name: str):
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in te_patch.ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    return monkeypatch
+    """No cuDNN named; whatever the patch sets is undone afterwards (later tests start subprocesses)."""
+    import os
+
+    saved = dict(os.environ)
+    for var in (*te_patch.ENV_VARS, "LD_LIBRARY_PATH"):
+        os.environ.pop(var, None)
+    yield monkeypatch
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _cudnn_version(lib: Path) -> int:
@@ -55,14 +61,25 @@ def test_unset_cudnn_home_is_pointed_at_torchs_cudnn(clean_env):
     assert os.environ["CUDNN_HOME"] == str(te_patch.torch_cudnn_home())
 
 
+def test_torchs_cudnn_lib_goes_first_on_ld_library_path_once(clean_env):
+    import os
+
+    lib = str(te_patch.torch_cudnn_home() / "lib")
+    clean_env.setenv("LD_LIBRARY_PATH", os.pathsep.join(["/usr/local/cuda/lib64", lib]))
+    te_patch.point_te_at_torchs_cudnn()
+    assert os.environ["LD_LIBRARY_PATH"].split(os.pathsep) == [lib, "/usr/local/cuda/lib64"]
+
+
 @pytest.mark.parametrize("var", te_patch.ENV_VARS)
 def test_a_cudnn_the_user_named_is_left_alone(clean_env, var, tmp_path):
     import os
 
     clean_env.setenv(var, str(tmp_path))
+    clean_env.setenv("LD_LIBRARY_PATH", "/opt/mine")
     te_patch.point_te_at_torchs_cudnn()
     assert os.environ[var] == str(tmp_path)
     assert var == "CUDNN_HOME" or "CUDNN_HOME" not in os.environ
+    assert os.environ["LD_LIBRARY_PATH"] == "/opt/mine"
 
 
 def _fake_te(tmp_path: Path, loader: str) -> Path:

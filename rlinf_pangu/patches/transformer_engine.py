@@ -13,9 +13,13 @@ path, cuDNN's sub-libraries then come from torch's copy, and TE's attention fell
 fused kernels (slower steps, a 16k-token step out of memory; same run).
 
 What: when neither ``CUDNN_HOME`` nor ``CUDNN_PATH`` is set, set ``CUDNN_HOME`` to the cuDNN of torch's
-own installation (``site-packages/nvidia/cudnn`` beside ``torch``), so TE and torch load one cuDNN.
-A value the user set is left alone. It is an environment variable, so it reaches every process
-started after it (Ray's workers, the test ranks).
+own installation (``site-packages/nvidia/cudnn`` beside ``torch``), so TE loads torch's core library,
+and put that cuDNN's ``lib`` first on ``LD_LIBRARY_PATH``, so the sub-libraries cuDNN opens by name
+(``libcudnn_graph.so.9`` ...) come from the same copy in every process started afterwards (the loader
+reads ``LD_LIBRARY_PATH`` once, at process start: in this process only ``CUDNN_HOME`` takes effect).
+The two together are the configuration under which the TE tests passed on the H100; which of them is
+sufficient alone was not measured. A cuDNN the user named is left alone. Both are environment
+variables, so they reach every process started after the patch (Ray's workers, the test ranks).
 
 When: before the first ``import transformer_engine`` of a process: a start-up patch (child
 interpreters), applied by ``register()`` in the driver before Ray starts, and by the test harness and
@@ -84,4 +88,7 @@ def point_te_at_torchs_cudnn() -> None:
         log.debug("torch has no pip cuDNN beside it; TE picks its cuDNN itself")
         return
     os.environ["CUDNN_HOME"] = str(home)
-    log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine", home)
+    lib = str(home / "lib")
+    rest = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d and d != lib]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([lib, *rest])
+    log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine, its lib first on LD_LIBRARY_PATH", home)
