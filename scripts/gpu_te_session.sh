@@ -115,6 +115,11 @@ PY
   (cd / && $py -m rlinf.train --help >/dev/null) && say "python -m rlinf.train resolves (from /)" || { say "python -m rlinf.train does not resolve"; exit 2; }
 }
 
+torch_cudnn() {  # TE and torch on torch's cuDNN in every process below (patch transformer_engine.cudnn:torch's)
+  eval "$($py -c 'from rlinf_pangu.patches.transformer_engine import print_env; print_env()')"
+  say "CUDNN_HOME=${CUDNN_HOME:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+}
+
 part() {
   case $1 in
     te-test)
@@ -151,10 +156,12 @@ case $cmd in
     receive "$nn" 2>&1 | tee "$OUT/chunk$nn.log"; [ "${PIPESTATUS[0]}" = 0 ] || exit 2
     start_build
     finish_install 2>&1 | tee "$OUT/install.log"; [ "${PIPESTATUS[0]}" = 0 ] || exit 2
+    torch_cudnn
     for p in ${*:-te-test}; do part "$p"; done ;;
   run)
     [ -f "$STATE/binding" ] || { say "FRESH MACHINE: nothing installed here; start again from chunk 00"; exit 3; }
     ensure_project
+    torch_cudnn
     for p in "$@"; do part "$p"; done ;;
   *) echo "usage: gpu_te_session.sh chunk NN | finish NN [PART...] | run PART..."; exit 2 ;;
 esac

@@ -106,3 +106,19 @@ def test_without_te_the_probe_says_not_needed():
     if te_patch._package_dir("transformer_engine") is not None:
         pytest.skip("Transformer Engine is installed here (tests/test_te_gpu.py covers it)")
     assert not te_patch.te_loader_prefers_the_toolkit()
+
+
+def test_the_shell_lines_set_what_the_patch_sets(clean_env, capsys):
+    import os
+    import shlex
+
+    te_patch.print_env()
+    lines = capsys.readouterr().out.splitlines()
+    assert [shlex.split(line)[1].split("=", 1)[0] for line in lines] == ["CUDNN_HOME", "LD_LIBRARY_PATH"]
+    assert shlex.split(lines[0])[1] == f"CUDNN_HOME={os.environ['CUDNN_HOME']}"
+
+
+def test_the_shell_lines_are_empty_when_the_user_named_a_cudnn(clean_env, capsys, tmp_path):
+    clean_env.setenv("CUDNN_PATH", str(tmp_path))
+    te_patch.print_env()
+    assert capsys.readouterr().out == ""

@@ -92,3 +92,19 @@ def point_te_at_torchs_cudnn() -> None:
     rest = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d and d != lib]
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([lib, *rest])
     log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine, its lib first on LD_LIBRARY_PATH", home)
+
+
+def print_env() -> int:
+    """``export`` lines for a shell: what the patch would set there (nothing when a cuDNN is named or torch
+    has none). For Python processes that do not call ``register()`` and start no children (a benchmark, a
+    script), so their own dynamic loader sees ``LD_LIBRARY_PATH`` too:
+    ``eval "$(python -c 'from rlinf_pangu.patches.transformer_engine import print_env; print_env()')"``."""
+    import shlex
+
+    before = {k: os.environ.get(k) for k in ("CUDNN_HOME", "LD_LIBRARY_PATH")}
+    point_te_at_torchs_cudnn()
+    for key, old in before.items():
+        new = os.environ.get(key)
+        if new is not None and new != old:
+            print(f"export {key}={shlex.quote(new)}")
+    return 0
