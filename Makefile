@@ -23,12 +23,14 @@ test-fast: setup
 # test_colocated_sync_gpu.py and test_sync_gpu.py, two for test_sync_multigpu.py). Their figures go to
 # $(GPU_OUT) as JSON (colocated_sync.json, post_sync_parity_cuda.json, sync_multigpu.json) with the
 # log beside them; keep that folder under docs/runs/<run>/. The GPU host has no .venv: python3 there.
+# TE and torch share torch's cuDNN in the pytest process too (rlinf_pangu/patches/transformer_engine.py).
 # GPU_TESTS picks files (default: every test file), e.g. GPU_TESTS=tests/test_colocated_sync_gpu.py.
 GPU_OUT ?= runs/gpu-tests
 GPU_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 GPU_TESTS ?=
 test-gpu:
 	mkdir -p $(GPU_OUT)
+	eval "$$($(GPU_PY) -c 'from rlinf_pangu.patches.transformer_engine import print_env; print_env()')" && \
 	RLINF_PANGU_GPU_OUT=$(abspath $(GPU_OUT)) bash -o pipefail -c '$(GPU_PY) -m pytest -m gpu -v -s -ra $(GPU_TESTS) 2>&1 | tee -a $(GPU_OUT)/pytest_gpu.log'
 
 wheelhouse: setup
