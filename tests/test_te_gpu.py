@@ -474,6 +474,45 @@ def test_te_and_torch_load_one_cudnn_in_a_fresh_process():
     assert seen["probe"], "TE's cuDNN loader changed: re-read rlinf_pangu/patches/transformer_engine.py's why"
     assert seen["te"] == seen["torch"], seen
 
+
+_NO_PATCH = """
+import json, torch
+import transformer_engine.pytorch  # noqa: F401
+from transformer_engine.pytorch.utils import get_cudnn_version
+try:
+    v = torch.backends.cudnn.version()
+    torch_seen = [v // 10000, v // 100 % 100, v % 100]
+except RuntimeError as e:
+    torch_seen = str(e)
+print(json.dumps({"te": list(get_cudnn_version()), "torch": torch_seen}))
+"""
+
+
+def test_negative_control_without_the_patch_te_takes_another_cudnn_where_the_toolkit_has_one():
+    """Where the machine's toolkit carries a cuDNN other than torch's (the H100 image: 9.14 vs 9.19), a fresh
+    process without the patch (no CUDNN_HOME/CUDNN_PATH, torch's cuDNN off LD_LIBRARY_PATH) must show the defect: TE on
+    another cuDNN, or torch refusing its own. Skipped where the toolkit has none or the same one."""
+    import subprocess
+
+    from rlinf_pangu.patches.transformer_engine import torch_cudnn_home
+    from rlinf_pangu.startup.children import BOOT_DIR
+
+    def without(var: str, entry: str) -> str:
+        return os.pathsep.join(d for d in os.environ.get(var, "").split(os.pathsep) if d and d != entry)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDNN_HOME", "CUDNN_PATH")}
+    # what the patch added to LD_LIBRARY_PATH, and the child start-up hook that would arm it, taken out
+    env["LD_LIBRARY_PATH"] = without("LD_LIBRARY_PATH", str(torch_cudnn_home() / "lib"))
+    env["PYTHONPATH"] = without("PYTHONPATH", BOOT_DIR)
+    out = subprocess.run([sys.executable, "-c", _NO_PATCH], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    torch_built = torch.backends.cudnn.version()
+    if seen["te"] == [torch_built // 10000, torch_built // 100 % 100, torch_built % 100]:
+        pytest.skip(f"TE finds torch's cuDNN here even without the patch ({seen})")
+    assert seen["te"] != seen["torch"], seen
+
+
 if __name__ == "__main__":
     import argparse
     import tempfile
