@@ -547,10 +547,9 @@ def markdown_impl(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from rlinf_pangu.patches import apply_patch
-    from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
+    from rlinf_pangu.patches.transformer_engine import use_torchs_cudnn
 
-    apply_patch(TORCH_CUDNN)  # before Megatron imports TE: TE and torch on one cuDNN (the patch says why)
+    use_torchs_cudnn()  # before Megatron imports TE: TE and torch on one cuDNN (the patch says why)
     res: dict[str, Any] = {}
     if not args.skip_bias_cost:
         res = run(args)

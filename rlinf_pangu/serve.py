@@ -51,15 +51,12 @@ def rollout_attention_backend() -> str:
     return str(OmegaConf.load(CONFIGS_DIR / "rollout" / "sglang.yaml").rollout.sglang.attention_backend)
 
 
-def gpu_argv(argv: list[str], cuda_available: bool) -> list[str]:
-    """The server's options with the GPU defaults this stack needs; refuses what cannot run there.
+def gpu_argv(argv: list[str]) -> list[str]:
+    """The options of a server on CUDA with the GPU defaults this stack needs; refuses what cannot run there.
 
     Decided before SGLang parses anything, because ``ServerArgs`` resolves its attention backend
-    while it is built. CPU (``--device cpu``, or no GPU) is left to the caller.
+    while it is built.
     """
-    device = _option(argv, "--device") or ("cuda" if cuda_available else "cpu")
-    if device != "cuda":
-        return argv
     dtype = _option(argv, "--dtype")
     if dtype in _NO_CUDA_KERNEL:
         raise SystemExit(f"rlinf_pangu.serve: --dtype {dtype} on CUDA: SGLang's CUDA RMSNorm kernel (sgl_kernel) "
@@ -96,7 +93,7 @@ def cpu_argv(argv: list[str]) -> list[str]:
 def server_argv(argv: list[str], cuda_available: bool) -> list[str]:
     """The options for the device the server will run on: ``--device`` if given, else CUDA when present."""
     device = _option(argv, "--device") or ("cuda" if cuda_available else "cpu")
-    return gpu_argv(argv, cuda_available) if device == "cuda" else cpu_argv(argv)
+    return gpu_argv(argv) if device == "cuda" else cpu_argv(argv)
 
 
 def print_env(file=sys.stdout) -> None:

@@ -94,9 +94,8 @@ checks() {
   cat "$STATE/binding"
   (cd / && $py - <<'PY') || { say "TE import check failed"; exit 2; }
 import importlib.metadata as md, os, time
-from rlinf_pangu.patches import apply_patch
-from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
-apply_patch(TORCH_CUDNN)  # TE loads torch's cuDNN, not the toolkit's (the patch says why)
+from rlinf_pangu.patches.transformer_engine import use_torchs_cudnn
+use_torchs_cudnn()  # TE loads torch's cuDNN, not the toolkit's (the patch says why)
 t = time.time()
 import transformer_engine.pytorch as te  # noqa: F401
 versions = {d: md.version(d) for d in ("transformer-engine", "transformer-engine-cu13", "transformer-engine-torch")}

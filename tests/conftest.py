@@ -13,10 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def _torchs_cudnn_for_te() -> None:
     """The GPU tests build Megatron without ``register()``: give every rank they start (the variable is
     inherited) the cuDNN torch uses, before anything imports Transformer Engine (a no-op without TE)."""
-    from rlinf_pangu.patches import apply_patch
-    from rlinf_pangu.patches.transformer_engine import TORCH_CUDNN
+    from rlinf_pangu.patches.transformer_engine import use_torchs_cudnn
 
-    apply_patch(TORCH_CUDNN)
+    use_torchs_cudnn()
 
 
 _torchs_cudnn_for_te()

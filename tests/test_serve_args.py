@@ -32,25 +32,19 @@ def test_the_rollouts_backend_is_not_sglangs_hopper_default():
 
 @pytest.mark.parametrize("argv,cuda", [(BASE, True), ([*BASE, "--device", "cuda"], False)])
 def test_a_gpu_server_without_a_backend_gets_the_rollouts(argv, cuda):
-    assert gpu_argv(argv, cuda) == [*argv, "--attention-backend", ROLLOUT_BACKEND]
+    assert server_argv(argv, cuda) == [*argv, "--attention-backend", ROLLOUT_BACKEND]
 
 
 @pytest.mark.parametrize("given", [["--attention-backend", "flashinfer"], ["--attention-backend=flashinfer"]])
 def test_a_named_backend_is_kept(given):
     argv = [*BASE, *given]
-    assert gpu_argv(argv, True) == argv
+    assert gpu_argv(argv) == argv
 
 
 @pytest.mark.parametrize("dtype", [["--dtype", "float32"], ["--dtype=float"]])
 def test_fp32_on_cuda_is_refused_naming_the_option(dtype):
     with pytest.raises(SystemExit, match=r"--dtype (float32|float) on CUDA.*--device cpu"):
-        gpu_argv([*BASE, *dtype], True)
-
-
-@pytest.mark.parametrize("argv,cuda", [([*BASE, "--dtype", "float32"], False),
-                                       ([*BASE, "--device", "cpu", "--dtype", "float32"], True)])
-def test_the_gpu_defaults_leave_a_cpu_server_alone(argv, cuda):
-    assert gpu_argv(argv, cuda) == argv
+        gpu_argv([*BASE, *dtype])
 
 
 @pytest.mark.parametrize("argv,cuda", [([*BASE, "--dtype", "float32"], False),
@@ -70,4 +64,4 @@ def test_a_gpu_server_gets_no_cpu_kernels():
 
 def test_bf16_on_cuda_passes():
     argv = [*BASE, "--dtype", "bfloat16", "--attention-backend", "triton"]
-    assert gpu_argv(argv, True) == argv
+    assert gpu_argv(argv) == argv

@@ -108,7 +108,28 @@ def test_without_te_the_probe_says_not_needed():
     assert not te_patch.te_loader_prefers_the_toolkit()
 
 
-def test_the_shell_lines_set_what_the_patch_sets(clean_env, capsys):
+@pytest.fixture
+def te_applies(clean_env):
+    """As where TE 2.20 is installed: the patch's module present, its probe true, not yet applied here."""
+    from rlinf_pangu.patches import PATCHES, core
+
+    clean_env.setattr(core, "installed", lambda module: True)
+    clean_env.setattr(PATCHES[te_patch.TORCH_CUDNN], "applies", lambda: True)
+    clean_env.setattr(PATCHES[te_patch.TORCH_CUDNN], "done", False)
+    return clean_env
+
+
+def test_without_te_the_shell_gets_no_lines(clean_env, capsys):
+    if te_patch._package_dir("transformer_engine") is not None:
+        pytest.skip("Transformer Engine is installed here")
+    from rlinf_pangu.patches import PATCHES
+
+    clean_env.setattr(PATCHES[te_patch.TORCH_CUDNN], "done", False)
+    te_patch.print_env()
+    assert capsys.readouterr().out == ""
+
+
+def test_the_shell_lines_set_what_the_patch_sets(te_applies, capsys):
     import os
     import shlex
 
@@ -118,7 +139,7 @@ def test_the_shell_lines_set_what_the_patch_sets(clean_env, capsys):
     assert shlex.split(lines[0])[1] == f"CUDNN_HOME={os.environ['CUDNN_HOME']}"
 
 
-def test_the_shell_lines_are_empty_when_the_user_named_a_cudnn(clean_env, capsys, tmp_path):
-    clean_env.setenv("CUDNN_PATH", str(tmp_path))
+def test_the_shell_lines_are_empty_when_the_user_named_a_cudnn(te_applies, capsys, tmp_path):
+    te_applies.setenv("CUDNN_PATH", str(tmp_path))
     te_patch.print_env()
     assert capsys.readouterr().out == ""

@@ -35,7 +35,7 @@ import logging
 import os
 from pathlib import Path
 
-from .core import patch
+from .core import apply_patch, patch
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,21 @@ def point_te_at_torchs_cudnn() -> None:
     log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine, its lib first on LD_LIBRARY_PATH", home)
 
 
+def use_torchs_cudnn() -> bool:
+    """Apply the patch in a process that builds Megatron without ``register()`` (a benchmark, the test
+    harness); the decision is the patch's own: TE installed and its loader still preferring the toolkit."""
+    return apply_patch(TORCH_CUDNN)
+
+
 def print_env() -> int:
-    """``export`` lines for a shell: what the patch would set there (nothing when a cuDNN is named or torch
-    has none). For Python processes that do not call ``register()`` and start no children (a benchmark, a
-    script), so their own dynamic loader sees ``LD_LIBRARY_PATH`` too:
+    """``export`` lines for a shell: what the patch sets where it applies (nothing without TE, when a cuDNN
+    is named, or when torch has none). For Python processes that do not call ``register()`` and start no
+    children (a benchmark, a script), so their own dynamic loader sees ``LD_LIBRARY_PATH`` too:
     ``eval "$(python -c 'from rlinf_pangu.patches.transformer_engine import print_env; print_env()')"``."""
     import shlex
 
     before = {k: os.environ.get(k) for k in ("CUDNN_HOME", "LD_LIBRARY_PATH")}
-    point_te_at_torchs_cudnn()
+    use_torchs_cudnn()
     for key, old in before.items():
         new = os.environ.get(key)
         if new is not None and new != old:
