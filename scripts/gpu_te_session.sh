@@ -10,7 +10,8 @@
 #   bash scripts/gpu_te_session.sh finish NN     # the last chunk: wait for the build (or use the carried
 #                                                # prebuilt fallback if it failed), install TE's three wheels
 #                                                # together, this repo (-e), check the imports, then te-test
-#   bash scripts/gpu_te_session.sh run PART...   # later calls on the same machine: te-test, bench, grpo
+#   bash scripts/gpu_te_session.sh run PART...   # later calls on the same machine: te-test, bench, grpo,
+#                                                # sync (#23), grpo-1b (#18), fsdp / megatron / report (#13)
 #
 # Every step writes its log to $OUT (at most 8 files a call come back). COMMIT=<hash> names the
 # commit in the JSON (there is no .git there). WAIT (s, default 300) bounds finish's wait for the build;
@@ -139,8 +140,23 @@ part() {
       for f in metrics.jsonl metrics.png; do
         m=$(find /tmp/rlp-runs -name "$f" | head -1); [ -n "$m" ] && cp "$m" "$OUT/grpo_tiny_te.$f"
       done ;;
+    sync)  # issue 23: the colocated hand-over as the examples run it, then the attributed sync table
+      RLINF_PANGU_GPU_OUT=$OUT timeout 280 $py -m pytest -m gpu -v -s -ra -p no:cacheprovider \
+        tests/test_colocated_sync_gpu.py tests/test_sync_gpu.py >"$OUT/sync_gpu_tests.log" 2>&1
+      say "sync tests rc=$?"; grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/sync_gpu_tests.log" | cut -c1-300 | tail -12
+      timeout 300 $py benchmarks/sync.py --attribution --device cuda --out "$OUT" >"$OUT/sync_attribution.log" 2>&1
+      say "sync attribution rc=$?"; tail -n 25 "$OUT/sync_attribution.log" | cut -c1-300 ;;
+    grpo-1b)  # issue 18: RLinf's whole GRPO step, Pangu 1B vs RLinf's own Qwen2 path (ARMS/SET: extra flags)
+      timeout 580 $py benchmarks/grpo_step.py --preset 1b --device cuda --out "$OUT" --work /tmp/grpo-work --deadline-s 545 ${GRPO_ARGS:-} \
+        >"$OUT/grpo_step_1b.log" 2>&1
+      say "grpo-1b rc=$?"; tail -n 30 "$OUT/grpo_step_1b.log" | cut -c1-300 ;;
+    fsdp|megatron|report)  # issue 13: the FSDP actor against Megatron, same 1B workload (one part a call)
+      # the parts' folders stay in /tmp (each call has a fresh $OUT; report reads both), copied back after
+      LIMIT_S=${LIMIT_S:-540} bash scripts/gpu_fsdp_vs_megatron.sh /tmp/cmp13 "$1" >"$OUT/cmp13_$1.log" 2>&1
+      say "$1 rc=$?"; tail -n 20 "$OUT/cmp13_$1.log" | cut -c1-300
+      mkdir -p "$OUT/cmp13"; cp -r /tmp/cmp13/. "$OUT/cmp13/" ;;
     checks) checks ;;
-    *) say "unknown part $1 (te-test, bench, grpo, checks)"; return 2 ;;
+    *) say "unknown part $1 (te-test, bench, grpo, sync, grpo-1b, fsdp, megatron, report, checks)"; return 2 ;;
   esac
 }
 
