@@ -82,6 +82,81 @@ def test_a_cudnn_the_user_named_is_left_alone(clean_env, var, tmp_path):
     assert os.environ["LD_LIBRARY_PATH"] == "/opt/mine"
 
 
+_IN_A_FRESH_PROCESS = """
+import json, torch
+from rlinf_pangu.patches import transformer_engine as te_patch
+te_patch.point_te_at_torchs_cudnn()
+print(json.dumps({"mapped": te_patch.mapped_cudnn_files(), "torch": torch.backends.cudnn.version()}))
+"""
+
+
+def _fresh(ld_library_path: str | None) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (*te_patch.ENV_VARS, "LD_LIBRARY_PATH")}
+    if ld_library_path is not None:
+        env["LD_LIBRARY_PATH"] = ld_library_path
+    out = subprocess.run([sys.executable, "-c", _IN_A_FRESH_PROCESS], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_process_that_applies_the_patch_maps_every_cudnn_library_from_torchs_copy():
+    """LD_LIBRARY_PATH set inside a process does not reach its own loader; on the H100 CUDNN_HOME alone left
+    TE on torch's core library and the image's 9.14 sub-libraries (docs/runs/gpu-h100-2026-12-07-te2). The
+    patch loads torch's eight libraries by path: every cuDNN file mapped afterwards is torch's, and torch
+    accepts the cuDNN it finds."""
+    home = te_patch.torch_cudnn_home()
+    seen = _fresh(None)
+    assert sorted(Path(f).name for f in seen["mapped"]) == sorted(p.name for p in (home / "lib").glob("libcudnn*.so.9"))
+    assert all(Path(f).parent == home / "lib" for f in seen["mapped"]), seen["mapped"]
+    assert seen["torch"] == torch.backends.cudnn.version()
+
+
+def test_a_process_whose_loader_started_with_torchs_cudnn_first_loads_nothing_itself():
+    """Ray's workers and the test ranks inherit the variables: the patch returns before loading anything
+    (torch's own import maps what it needs, from the same copy)."""
+    seen = _fresh(str(te_patch.torch_cudnn_home() / "lib"))
+    assert all(Path(f).parent == te_patch.torch_cudnn_home() / "lib" for f in seen["mapped"]), seen["mapped"]
+
+
+def test_the_load_order_puts_each_library_after_the_cudnn_libraries_it_needs():
+    """A library loaded before one it needs would resolve that one by name, from wherever the system's
+    loader finds it first (the image's 9.14 on the H100). The needs are read from each file (DT_NEEDED)."""
+    order = [p.name for p in te_patch._cudnn_libraries(te_patch.torch_cudnn_home() / "lib")]
+    assert order[0] == "libcudnn_graph.so.9" and order[-1] == "libcudnn.so.9", order
+    for name in order:
+        for need in _needed(te_patch.torch_cudnn_home() / "lib" / name):
+            if need.startswith("libcudnn"):
+                assert order.index(need) < order.index(name), (name, need, order)
+
+
+def _needed(lib: Path) -> list[str]:
+    """DT_NEEDED entries of an ELF shared library, read with the standard library only."""
+    import struct
+
+    data = lib.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2, lib  # 64-bit ELF
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    dynamic = next(s for s in sections if s[1] == 6)  # SHT_DYNAMIC
+    strtab = sections[dynamic[6]]  # sh_link: its string table
+    needed = []
+    for off in range(dynamic[4], dynamic[4] + dynamic[5], 16):
+        tag, val = struct.unpack_from("<qQ", data, off)
+        if tag == 0:
+            break
+        if tag == 1:  # DT_NEEDED
+            start = strtab[4] + val
+            needed.append(data[start:data.index(b"\0", start)].decode())
+    return needed
+
+
 def _fake_te(tmp_path: Path, loader: str) -> Path:
     common = tmp_path / "transformer_engine" / "common"
     common.mkdir(parents=True)

@@ -456,23 +456,33 @@ probe = PATCHES[TORCH_CUDNN].applies()
 apply_patch(TORCH_CUDNN)
 import transformer_engine.pytorch  # noqa: F401
 from transformer_engine.pytorch.utils import get_cudnn_version
+from rlinf_pangu.patches.transformer_engine import mapped_cudnn_files
 v = torch.backends.cudnn.version()  # raises "cuDNN version incompatibility" if TE loaded another cuDNN
-print(json.dumps({"probe": probe, "te": list(get_cudnn_version()), "torch": [v // 10000, v // 100 % 100, v % 100]}))
+print(json.dumps({"probe": probe, "te": list(get_cudnn_version()), "torch": [v // 10000, v // 100 % 100, v % 100],
+                  "mapped": mapped_cudnn_files()}))
 """
 
 
 def test_te_and_torch_load_one_cudnn_in_a_fresh_process():
     """The patch transformer_engine.cudnn:torch's: without it TE loaded the toolkit's cuDNN 9.14 and torch
     (built against 9.19) refused its own (docs/runs/gpu-h100-2026-12-07-te). A fresh interpreter with no
-    CUDNN_HOME/CUDNN_PATH, as a user's shell has; the probe must still see TE's loader prefer the toolkit."""
+    CUDNN_HOME/CUDNN_PATH and torch's cuDNN off LD_LIBRARY_PATH, as a user's shell has, so the patch works in
+    the process that applies it (where LD_LIBRARY_PATH no longer counts; docs/runs/gpu-h100-2026-12-07-te2:
+    CUDNN_HOME alone failed there). The probe must still see TE's loader prefer the toolkit, and every cuDNN
+    file mapped must be torch's."""
     import subprocess
 
+    from rlinf_pangu.patches.transformer_engine import torch_cudnn_home
+
+    lib = str(torch_cudnn_home() / "lib")
     env = {k: v for k, v in os.environ.items() if k not in ("CUDNN_HOME", "CUDNN_PATH")}
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d and d != lib)
     out = subprocess.run([sys.executable, "-c", _ONE_CUDNN], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["probe"], "TE's cuDNN loader changed: re-read rlinf_pangu/patches/transformer_engine.py's why"
     assert seen["te"] == seen["torch"], seen
+    assert seen["mapped"] and all(os.path.dirname(f) == lib for f in seen["mapped"]), seen["mapped"]
 
 
 _NO_PATCH = """

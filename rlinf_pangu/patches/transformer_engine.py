@@ -15,11 +15,16 @@ fused kernels (slower steps, a 16k-token step out of memory; same run).
 What: when neither ``CUDNN_HOME`` nor ``CUDNN_PATH`` is set, set ``CUDNN_HOME`` to the cuDNN of torch's
 own installation (``site-packages/nvidia/cudnn`` beside ``torch``), so TE loads torch's core library,
 and put that cuDNN's ``lib`` first on ``LD_LIBRARY_PATH``, so the sub-libraries cuDNN opens by name
-(``libcudnn_graph.so.9`` ...) come from the same copy in every process started afterwards (the loader
-reads ``LD_LIBRARY_PATH`` once, at process start: in this process only ``CUDNN_HOME`` takes effect).
-The two together are the configuration under which the TE tests passed on the H100; which of them is
-sufficient alone was not measured. A cuDNN the user named is left alone. Both are environment
-variables, so they reach every process started after the patch (Ray's workers, the test ranks).
+(``libcudnn_graph.so.9`` ...) come from the same copy in every process started afterwards. The dynamic
+loader reads ``LD_LIBRARY_PATH`` once, at process start, so in the process that applies the patch the
+variable changes nothing; there ``CUDNN_HOME`` alone is **not** enough (measured on the H100,
+docs/runs/gpu-h100-2026-12-07-te2/cudnn_diag*.txt: TE mapped torch's ``libcudnn.so.9`` and then the
+image's ``/usr/lib/x86_64-linux-gnu/libcudnn_{graph,ops,...}.so.9.14.0``, reported 9.14, and torch
+refused its cuDNN). So that process also loads every library of torch's cuDNN by path, dependencies
+first (``RTLD_GLOBAL``): a name the loader resolves later is then one already loaded (measured: all
+eight from torch's copy, TE 9.19, torch 91900, a cuDNN SDPA call runs). A cuDNN the user named is left
+alone. The variables reach every process started after the patch (Ray's workers, the test ranks),
+which therefore need no loading of their own.
 
 When: before the first ``import transformer_engine`` of a process: a start-up patch (child
 interpreters), applied by ``register()`` in the driver before Ray starts, and by the test harness and
@@ -89,9 +94,56 @@ def point_te_at_torchs_cudnn() -> None:
         return
     os.environ["CUDNN_HOME"] = str(home)
     lib = str(home / "lib")
-    rest = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d and d != lib]
-    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([lib, *rest])
+    before = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([lib, *(d for d in before if d != lib)])
     log.debug("CUDNN_HOME=%s (torch's cuDNN) for Transformer Engine, its lib first on LD_LIBRARY_PATH", home)
+    if before[:1] != [lib]:  # this process's loader did not start with it: load the copy by path now
+        load_cudnn(home)
+
+
+#: torch's cuDNN libraries, each after the cuDNN libraries it needs (graph needs none; ops needs graph;
+#: cnn and adv need ops and graph); the core library, which opens the others by name, last
+_LOAD_ORDER = ("graph", "engines_precompiled", "engines_runtime_compiled", "heuristic", "ops", "cnn", "adv", "")
+
+
+def _cudnn_libraries(lib: Path) -> list[Path]:
+    """Every ``libcudnn*.so.9`` in ``lib``, in ``_LOAD_ORDER`` (any library that order does not name goes
+    before the core library, so it still loads before the core opens it)."""
+    def rank(path: Path) -> int:
+        part = path.name[len("libcudnn"):-len(".so.9")].lstrip("_")
+        return _LOAD_ORDER.index(part) if part in _LOAD_ORDER else len(_LOAD_ORDER) - 1.5
+    return sorted(lib.glob("libcudnn*.so.9"), key=lambda p: (rank(p), p.name))
+
+
+def mapped_cudnn_files() -> list[str]:
+    """The cuDNN files this process has mapped (``/proc/self/maps``), to see where each came from."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if "libcudnn" in line and "/" in line})
+    except OSError:
+        return []
+
+
+def load_cudnn(home: Path) -> list[str]:
+    """Load every library of the cuDNN at ``home`` by path, globally, in ``_cudnn_libraries``'s order; return
+    the names loaded. A library that fails to load is named in a warning and the rest still load (TE then
+    picks as it would without the patch). Loading after ``transformer_engine`` was imported is too late for
+    TE's own choice, and says so."""
+    import ctypes
+    import sys
+
+    if "transformer_engine" in sys.modules:
+        log.warning("Transformer Engine was imported before the patch %s: it may already hold another cuDNN "
+                    "(%s)", TORCH_CUDNN, ", ".join(mapped_cudnn_files()) or "none mapped")
+    loaded = []
+    for path in _cudnn_libraries(home / "lib"):
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            log.warning("torch's cuDNN library %s did not load (%s): TE and torch may load another copy", path, err)
+            continue
+        loaded.append(path.name)
+    return loaded
 
 
 def use_torchs_cudnn() -> bool:
