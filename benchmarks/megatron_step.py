@@ -388,6 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     med = {n: statistics.median(v) for n, v in per_step.items()}
     pangu, base = list(trainers)
+    judged = judge_ratio(per_step[pangu], per_step[base], GOAL)
     result = {
         "preset": args.preset,
         "layers": hf_cfg["num_hidden_layers"],
@@ -415,6 +416,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "ratio": med[base] / med[pangu],  # Pangu tokens/s over baseline tokens/s
         "goal": GOAL,
+        **judged,
     }
     del trainers, models
     _free(args.device)
@@ -503,6 +505,24 @@ def compare_impl(args: argparse.Namespace, hf_cfg: dict[str, Any], dtype: torch.
             "order": "one variant at a time on the device, in the order listed", "tokens": results}
 
 
+def judge_ratio(pangu_s: list[float], base_s: list[float], goal: float) -> dict[str, Any]:
+    """The goal judged against the benchmark's own resolution. Each round times both models back to back,
+    so its ratio (baseline time / Pangu time = Pangu's tokens/s over the baseline's) pairs two timings
+    under the same clock and load; the spread of those ratios over the rounds is what one run can
+    resolve. Two H100 runs of the same command gave 0.996 and 0.960 with the rounds of each model
+    spread by +-15% (docs/runs/gpu-h100-2026-12-07-te2): a ratio of medians alone reads noise as a
+    verdict. ``meets``/``misses`` only when the interquartile range of the per-round ratios lies
+    wholly on one side of the goal; else ``unresolved``."""
+    ratios = [b / p for p, b in zip(pangu_s, base_s)]
+    if len(ratios) < 2:
+        q1 = q3 = ratios[0]
+    else:
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    verdict = "meets" if q1 >= goal else "misses" if q3 < goal else "unresolved"
+    return {"ratio_per_round": ratios, "ratio_paired_median": statistics.median(ratios),
+            "ratio_iqr": [q1, q3], "verdict": verdict}
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Pangu training step vs the same GPTModel without o_proj bias — preset `{res['preset']}` "
@@ -517,8 +537,11 @@ def markdown(res: dict[str, Any]) -> str:
     for name, m in res["models"].items():
         mem = f"{m['peak_mem_gib']:.1f}" if m["peak_mem_gib"] is not None else "-"
         lines.append(f"| {name} | {m['params']:,} | {m['median_step_ms']:.1f} | {m['tokens_per_s']:,.0f} | {mem} |")
-    verdict = "meets" if res["ratio"] >= res["goal"] else "MISSES"
-    lines += ["", f"throughput ratio Pangu / baseline: **{res['ratio']:.3f}** ({verdict} the goal >= {res['goal']})"]
+    lo, hi = res["ratio_iqr"]
+    lines += ["", f"throughput ratio Pangu / baseline: **{res['ratio']:.3f}** (medians); per round: median "
+              f"{res['ratio_paired_median']:.3f}, interquartile {lo:.3f}-{hi:.3f}: **{res['verdict']}** for the goal "
+              f">= {res['goal']}" + (" (the goal lies inside the per-round spread: more rounds or steps to settle it)"
+                                     if res["verdict"] == "unresolved" else "")]
     return "\n".join(lines)
 
 
