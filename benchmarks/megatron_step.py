@@ -6,7 +6,10 @@
    except ``linear_proj`` (``rlinf_pangu.megatron.spec``), megatron-core's local modules or
    Transformer Engine's (``--transformer-impl``, RLinf's knob), trained with the same AdamW on the
    same random batches; rounds alternate between the two so clock/thermal drift hits both, and the
-   ratio is of medians from one run. Goal: ratio >= 0.97.
+   ratio is of medians from one run. Goal: ratio >= 0.97, judged on the per-round paired ratios
+   (``judge_ratio``: meets/misses only when their interquartile range is wholly on one side, else
+   unresolved). ``--profile-steps N`` then profiles N steps of each model and records the operators
+   whose per-step count or self time differs: where a bias cost goes.
 2. ``--compare-impl 4096,16384``: Pangu's tokens/s with TE vs the local spec at those token counts,
    in the same run (one model on the GPU at a time: four 1B models and 16k-token activations do not
    fit together; each variant: warm-up, then medians of rounds). Variants (``--variants``):
@@ -27,7 +30,8 @@ kernels), as in docs/runs/gpu-h100-2026-11-27::
 GPU with Transformer Engine, both questions in one run (issue 22; scripts/gpu_te_session.sh)::
 
     python benchmarks/megatron_step.py --preset 1b --device cuda --dtype bf16 --transformer-impl transformer_engine \\
-        --seq 2048 --micro-batch 2 --warmup 3 --rounds 7 --steps 5 --compare-impl 4096,16384 --out $OUT/te_step.json
+        --seq 2048 --micro-batch 2 --warmup 3 --rounds 7 --steps 5 --profile-steps 2 --compare-impl 4096,16384 \\
+        --out $OUT/te_step.json
 
 CPU smoke run (checks the script, not a measurement; TE variants are skipped without TE)::
 
@@ -88,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also measure Pangu's tokens/s per variant at these token counts (e.g. 4096,16384)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"variants of --compare-impl ({', '.join(VARIANTS)})")
     p.add_argument("--skip-bias-cost", action="store_true", help="only the --compare-impl part")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after the rounds, profile this many steps of each model (torch.profiler) and record the "
+                        "operators whose per-step count or self time differs between the two: where a bias cost goes")
     return p.parse_args(argv)
 
 
@@ -389,6 +396,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     med = {n: statistics.median(v) for n, v in per_step.items()}
     pangu, base = list(trainers)
     judged = judge_ratio(per_step[pangu], per_step[base], GOAL)
+    profiled = {}
+    if args.profile_steps:
+        rows = {n: profile_steps(tr, args.profile_steps) for n, tr in trainers.items()}
+        profiled = {"profile": {"steps": args.profile_steps, **profile_diff(rows[pangu], rows[base])}}
     result = {
         "preset": args.preset,
         "layers": hf_cfg["num_hidden_layers"],
@@ -417,6 +428,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": med[base] / med[pangu],  # Pangu tokens/s over baseline tokens/s
         "goal": GOAL,
         **judged,
+        **profiled,
     }
     del trainers, models
     _free(args.device)
@@ -505,6 +517,41 @@ def compare_impl(args: argparse.Namespace, hf_cfg: dict[str, Any], dtype: torch.
             "order": "one variant at a time on the device, in the order listed", "tokens": results}
 
 
+def profile_steps(trainer: Trainer, steps: int) -> list[dict[str, Any]]:
+    """Per-step count and self time (ms) of every operator over ``steps`` profiled steps; device time on a
+    GPU (``self_device_ms``), CPU time everywhere (``self_cpu_ms``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device == "cuda"
+    _sync(trainer.device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(steps):
+            trainer.step()
+        _sync(trainer.device)
+    return [{"name": e.key, "count": e.count / steps, "self_cpu_ms": e.self_cpu_time_total / 1e3 / steps,
+             "self_device_ms": getattr(e, "self_device_time_total", 0) / 1e3 / steps}
+            for e in prof.key_averages()]
+
+
+def profile_diff(pangu: list[dict[str, Any]], base: list[dict[str, Any]], top: int = 25) -> dict[str, Any]:
+    """The operators that differ between the two models' steps, the largest self-time difference first:
+    an operator only one model runs, one run a different number of times, or one whose time moved.
+    Judged on device time where there is any (a GPU), else CPU time."""
+    key = "self_device_ms" if any(r["self_device_ms"] for r in (*pangu, *base)) else "self_cpu_ms"
+    a, b = {r["name"]: r for r in pangu}, {r["name"]: r for r in base}
+    zero = {"count": 0.0, key: 0.0}
+    rows = []
+    for name in sorted(a.keys() | b.keys()):
+        ra, rb = a.get(name, zero), b.get(name, zero)
+        rows.append({"name": name, "count_pangu": ra["count"], "count_baseline": rb["count"],
+                     "ms_pangu": ra[key], "ms_baseline": rb[key], "diff_ms": ra[key] - rb[key]})
+    differs = [r for r in rows if r["count_pangu"] != r["count_baseline"] or r["diff_ms"]]
+    differs.sort(key=lambda r: (r["count_pangu"] == r["count_baseline"], -abs(r["diff_ms"])))
+    return {"time": key, "total_ms": {"pangu": sum(r["ms_pangu"] for r in rows),
+                                      "baseline": sum(r["ms_baseline"] for r in rows)},
+            "differs": differs[:top]}
+
+
 def judge_ratio(pangu_s: list[float], base_s: list[float], goal: float) -> dict[str, Any]:
     """The goal judged against the benchmark's own resolution. Each round times both models back to back,
     so its ratio (baseline time / Pangu time = Pangu's tokens/s over the baseline's) pairs two timings
@@ -542,6 +589,15 @@ def markdown(res: dict[str, Any]) -> str:
               f"{res['ratio_paired_median']:.3f}, interquartile {lo:.3f}-{hi:.3f}: **{res['verdict']}** for the goal "
               f">= {res['goal']}" + (" (the goal lies inside the per-round spread: more rounds or steps to settle it)"
                                      if res["verdict"] == "unresolved" else "")]
+    if "profile" in res:
+        prof = res["profile"]
+        lines += ["", f"Operators that differ, {prof['steps']} profiled step(s) each, {prof['time']} per step "
+                  f"(totals: pangu {prof['total_ms']['pangu']:.1f}, baseline {prof['total_ms']['baseline']:.1f}); "
+                  "a different count first:", "",
+                  "| operator | calls pangu | calls baseline | ms pangu | ms baseline | diff ms |", "|---|---:|---:|---:|---:|---:|"]
+        for r in prof["differs"][:12]:
+            lines.append(f"| `{r['name'][:60]}` | {r['count_pangu']:g} | {r['count_baseline']:g} | {r['ms_pangu']:.3f} | "
+                         f"{r['ms_baseline']:.3f} | {r['diff_ms']:+.3f} |")
     return "\n".join(lines)
 
 

@@ -127,7 +127,7 @@ part() {
       say "te-test rc=$?"; grep -E "PASSED|FAILED|ERROR|passed|failed|\[te parity\]" "$OUT/te_gpu_tests.log" | cut -c1-300 | tail -20 ;;
     bench)
       timeout 450 $py benchmarks/megatron_step.py --preset 1b --device cuda --dtype bf16 --transformer-impl transformer_engine \
-        --seq 2048 --micro-batch 2 --warmup 3 --rounds 7 --steps 5 --compare-impl 4096,16384 \
+        --seq 2048 --micro-batch 2 --warmup 3 --rounds 7 --steps 5 --profile-steps 2 --compare-impl 4096,16384 \
         --out "$OUT/te_step.json" >"$OUT/te_step.log" 2>&1
       say "bench rc=$?"; grep -E "^\||ratio|OOM|Error" "$OUT/te_step.log" | tail -30 ;;
     grpo)
