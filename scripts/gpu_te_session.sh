@@ -146,15 +146,15 @@ part() {
       say "sync tests rc=$?"; grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/sync_gpu_tests.log" | cut -c1-300 | tail -12
       timeout 300 $py benchmarks/sync.py --attribution --device cuda --out "$OUT" >"$OUT/sync_attribution.log" 2>&1
       say "sync attribution rc=$?"; tail -n 25 "$OUT/sync_attribution.log" | cut -c1-300 ;;
-    grpo-1b)  # issue 18: RLinf's whole GRPO step, Pangu 1B vs RLinf's own Qwen2 path (ARMS/SET: extra flags)
+    grpo-1b)  # issue 18: RLinf's whole GRPO step, Pangu 1B vs RLinf's own Qwen2 path (GRPO_ARGS: extra flags, e.g. --arms pangu --set KEY=VALUE)
       timeout 580 $py benchmarks/grpo_step.py --preset 1b --device cuda --out "$OUT" --work /tmp/grpo-work --deadline-s 545 ${GRPO_ARGS:-} \
         >"$OUT/grpo_step_1b.log" 2>&1
       say "grpo-1b rc=$?"; tail -n 30 "$OUT/grpo_step_1b.log" | cut -c1-300 ;;
     fsdp|megatron|report)  # issue 13: the FSDP actor against Megatron, same 1B workload (one part a call)
-      # the parts' folders stay in /tmp (each call has a fresh $OUT; report reads both), copied back after
+      # the parts' folders stay in /tmp (each call has a fresh $OUT; report reads both), archived back
       LIMIT_S=${LIMIT_S:-540} bash scripts/gpu_fsdp_vs_megatron.sh /tmp/cmp13 "$1" >"$OUT/cmp13_$1.log" 2>&1
       say "$1 rc=$?"; tail -n 20 "$OUT/cmp13_$1.log" | cut -c1-300
-      mkdir -p "$OUT/cmp13"; cp -r /tmp/cmp13/. "$OUT/cmp13/" ;;
+      tar czf "$OUT/cmp13.tgz" -C /tmp cmp13 ;;  # one file: at most 8 come back from a call
     checks) checks ;;
     *) say "unknown part $1 (te-test, bench, grpo, sync, grpo-1b, fsdp, megatron, report, checks)"; return 2 ;;
   esac

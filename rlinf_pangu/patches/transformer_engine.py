@@ -109,7 +109,7 @@ _LOAD_ORDER = ("graph", "engines_precompiled", "engines_runtime_compiled", "heur
 def _cudnn_libraries(lib: Path) -> list[Path]:
     """Every ``libcudnn*.so.9`` in ``lib``, in ``_LOAD_ORDER`` (any library that order does not name goes
     before the core library, so it still loads before the core opens it)."""
-    def rank(path: Path) -> int:
+    def rank(path: Path) -> float:
         part = path.name[len("libcudnn"):-len(".so.9")].lstrip("_")
         return _LOAD_ORDER.index(part) if part in _LOAD_ORDER else len(_LOAD_ORDER) - 1.5
     return sorted(lib.glob("libcudnn*.so.9"), key=lambda p: (rank(p), p.name))
