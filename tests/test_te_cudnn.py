@@ -85,8 +85,9 @@ def test_a_cudnn_the_user_named_is_left_alone(clean_env, var, tmp_path):
 _IN_A_FRESH_PROCESS = """
 import json, torch
 from rlinf_pangu.patches import transformer_engine as te_patch
+before = te_patch.mapped_cudnn_files()  # torch's import maps its core library itself
 te_patch.point_te_at_torchs_cudnn()
-print(json.dumps({"mapped": te_patch.mapped_cudnn_files(), "torch": torch.backends.cudnn.version()}))
+print(json.dumps({"before": before, "mapped": te_patch.mapped_cudnn_files(), "torch": torch.backends.cudnn.version()}))
 """
 
 
@@ -112,6 +113,7 @@ def test_the_process_that_applies_the_patch_maps_every_cudnn_library_from_torchs
     accepts the cuDNN it finds."""
     home = te_patch.torch_cudnn_home()
     seen = _fresh(None)
+    assert len(seen["before"]) < len(seen["mapped"]), seen  # the patch loaded them, not torch's import
     assert sorted(Path(f).name for f in seen["mapped"]) == sorted(p.name for p in (home / "lib").glob("libcudnn*.so.9"))
     assert all(Path(f).parent == home / "lib" for f in seen["mapped"]), seen["mapped"]
     assert seen["torch"] == torch.backends.cudnn.version()
@@ -121,7 +123,7 @@ def test_a_process_whose_loader_started_with_torchs_cudnn_first_loads_nothing_it
     """Ray's workers and the test ranks inherit the variables: the patch returns before loading anything
     (torch's own import maps what it needs, from the same copy)."""
     seen = _fresh(str(te_patch.torch_cudnn_home() / "lib"))
-    assert all(Path(f).parent == te_patch.torch_cudnn_home() / "lib" for f in seen["mapped"]), seen["mapped"]
+    assert seen["mapped"] == seen["before"], seen
 
 
 def test_the_load_order_puts_each_library_after_the_cudnn_libraries_it_needs():
