@@ -116,6 +116,8 @@ PY
 }
 
 torch_cudnn() {  # TE and torch on torch's cuDNN in every process below (patch transformer_engine.cudnn:torch's)
+  # CUDNN_SHELL=no leaves the shell alone: every process then relies on the patch's in-process load
+  [ "${CUDNN_SHELL:-yes}" = no ] && { say "CUDNN_SHELL=no: cuDNN left to each process's patch"; return; }
   eval "$($py -c 'from rlinf_pangu.patches.transformer_engine import print_env; print_env()')"
   say "CUDNN_HOME=${CUDNN_HOME:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 }
