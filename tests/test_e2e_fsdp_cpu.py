@@ -111,7 +111,7 @@ def test_export_holds_the_saved_weights_and_no_remote_code(run, exported):
 
 def test_rlinf_pangu_serve_serves_the_export_like_hf(exported, tmp_path):
     from harness import free_port
-    from test_sglang_server import _post, _stop, _wait_healthy
+    from test_sglang_server import _post, _stop, _wait_healthy, server_env
 
     import rlinf_pangu
 
@@ -124,7 +124,7 @@ def test_rlinf_pangu_serve_serves_the_export_like_hf(exported, tmp_path):
     ]
     log_path = tmp_path / "server.log"
     prompt = [1, 45, 872, 3001, 92, 17]
-    env = {k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}
+    env = server_env({k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"})
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -49,7 +49,26 @@ def _wait_healthy(base: str, proc: subprocess.Popen, log_path) -> None:
         except OSError:
             pass
         time.sleep(2)
-    pytest.fail(f"server not healthy after {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+    _dump_stacks(proc)
+    pytest.fail(f"server not healthy after {START_TIMEOUT_S} s (each process's Python stack at the end):\n"
+                f"{log_path.read_text()[-12000:]}")
+
+
+def _dump_stacks(proc: subprocess.Popen) -> None:
+    """Where a start that never gets healthy hangs: SIGABRT to the server's process group makes each
+    process (started with ``PYTHONFAULTHANDLER=1``, see ``server_env``) write every thread's Python
+    stack to the log before it dies (issue 23's flaky start: the log alone stopped after the imports)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def server_env(env: dict[str, str]) -> dict[str, str]:
+    """A test server's environment: faulthandler on, so ``_dump_stacks`` can show a hang."""
+    return {**env, "PYTHONFAULTHANDLER": "1"}
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -77,7 +96,7 @@ def test_launch_server_generate_equals_hf_greedy(tiny_fp32, tmp_path):
         "--log-level", "warning",
     ]
     log_path = tmp_path / "server.log"
-    env = sglang_env({k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"})
+    env = server_env(sglang_env({k: v for k, v in os.environ.items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}))
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -102,3 +121,16 @@ def test_launch_server_generate_equals_hf_greedy(tiny_fp32, tmp_path):
         ref = hf.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
     assert out["output_ids"] == ref.tolist()
     assert out["text"] == tok.decode(ref, skip_special_tokens=True)
+
+
+def test_dump_stacks_shows_where_a_hung_server_waits(tmp_path):
+    """The diagnostic a start-up timeout relies on: a hung child's Python stack reaches the log."""
+    log_path = tmp_path / "hung.log"
+    code = "import time\ndef waiting_here():\n    time.sleep(300)\nwaiting_here()\n"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], env=server_env(dict(os.environ)), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(1.5)
+    _dump_stacks(proc)
+    assert proc.poll() is not None
+    assert "waiting_here" in log_path.read_text()
