@@ -106,6 +106,11 @@ import torch
 from transformer_engine.pytorch.utils import get_cudnn_version
 cudnn_te, cudnn_torch = ".".join(map(str, get_cudnn_version())), torch.backends.cudnn.version()
 print("cuDNN: TE", cudnn_te, "torch", cudnn_torch, "CUDNN_HOME", os.environ.get("CUDNN_HOME"))
+major, minor, patch = get_cudnn_version()
+assert major * 10000 + minor * 100 + patch == cudnn_torch, f"TE's cuDNN {cudnn_te} is not torch's {cudnn_torch}"
+torch.nn.functional.scaled_dot_product_attention(*[torch.randn(1, 2, 8, 64, device="cuda", dtype=torch.bfloat16)] * 3)
+from rlinf_pangu.patches.transformer_engine import mapped_cudnn_files
+print("mapped cuDNN files:", *mapped_cudnn_files(), sep="\n  ")
 from rlinf.hybrid_engines.megatron import megatron_model_manager as mm
 import rlinf_pangu
 from rlinf_pangu.megatron.config import choose_spec
