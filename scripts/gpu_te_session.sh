@@ -147,9 +147,9 @@ part() {
       for f in metrics.jsonl metrics.png; do
         m=$(find /tmp/rlp-runs -name "$f" | head -1); [ -n "$m" ] && cp "$m" "$OUT/grpo_tiny_te.$f"
       done ;;
-    sync)  # issue 23: the colocated hand-over as the examples run it, then the attributed sync table
+    sync)  # issue 23: the colocated hand-over as the examples run it, then the attributed sync table (SYNC_TESTS: test files)
       RLINF_PANGU_GPU_OUT=$OUT timeout 280 $py -m pytest -m gpu -v -s -ra -p no:cacheprovider \
-        tests/test_colocated_sync_gpu.py tests/test_sync_gpu.py >"$OUT/sync_gpu_tests.log" 2>&1
+        ${SYNC_TESTS:-tests/test_colocated_sync_gpu.py tests/test_sync_gpu.py} >"$OUT/sync_gpu_tests.log" 2>&1
       say "sync tests rc=$?"; grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" "$OUT/sync_gpu_tests.log" | cut -c1-300 | tail -12
       timeout 300 $py benchmarks/sync.py --attribution --device cuda --out "$OUT" >"$OUT/sync_attribution.log" 2>&1
       say "sync attribution rc=$?"; tail -n 25 "$OUT/sync_attribution.log" | cut -c1-300 ;;
