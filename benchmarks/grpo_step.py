@@ -42,7 +42,8 @@ SGLang-vs-recompute log-prob gap; ``step_ratio``, ``sync_share``, ``other_share`
 issue's goals) and ``OUT/grpo_step_<preset>_<device>_runs.tgz`` (each run's metrics.jsonl, trace,
 resolved config, train.log, console).
 
-GPU, one H100/H200, the wheelhouse installed as README's GPU section says (/work/notes/gpu-plan-18.md)::
+GPU, one H100/H200, the wheelhouse installed as README's GPU section says (on the lent machine:
+``scripts/gpu_te_session.sh run grpo-1b``)::
 
     python3 benchmarks/grpo_step.py --preset 1b --device cuda --out $OUT --deadline-s 545
 

@@ -201,8 +201,12 @@ def _name(source: str, transforms: str, bucket_mb: int, mode: str) -> str:
     return f"{source}:{transforms}@{bucket_mb}MiB/{mode}"
 
 
-#: ``--attribution``: the variant grid behind sync_attribution.json (RLinf's default bucket, Pangu's).
-ATTRIBUTION = {"transforms": "rlinf,pangu-tensors,pangu", "bucket_mb": "2048,128", "modes": "overlap", "sources": "tp1,tp2"}
+#: ``--attribution``: the variant grid behind sync_attribution.json (RLinf's default bucket, Pangu's). The TP 2
+#: source keeps a second 15 GiB copy of the 7B resident, so SGLang gets less: at the default 0.35 the H100 (80 GB)
+#: ran out of memory packing tp2:pangu@2048 (docs/runs/gpu-h100-2026-12-07-sync/sync_attribution.oom-mem0.35.log);
+#: 0.25 leaves SGLang 20 GB, the 7B's 15 GiB of weights plus its KV pool for the one short request.
+ATTRIBUTION = {"transforms": "rlinf,pangu-tensors,pangu", "bucket_mb": "2048,128", "modes": "overlap", "sources": "tp1,tp2",
+               "mem_fraction": 0.25}
 
 
 def attribution(median: dict, source: str, mode: str = "overlap", rlinf_mb: int = 128, pangu_mb: int = 2048) -> dict:

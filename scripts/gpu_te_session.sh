@@ -2,8 +2,8 @@
 # Issue 22 on one lent GPU: bring the wheelhouse (with Transformer Engine) over chunk by chunk, build
 # TE's torch binding there, install everything into ONE target folder, then run the TE checks.
 # One step per `run` call, run from the repository root there, calls back to back (the machine is
-# given back ~30 s after a call; /tmp survives only while it is held). The full call plan, with
-# what each call carries: /work/notes/gpu-plan-te.md (copy: docs/runs/<run>/README.md).
+# given back ~30 s after a call; /tmp survives only while it is held). The call plan is below; each
+# run's docs/runs/<run>/README.md records the calls it made and what each carried.
 #
 #   bash scripts/gpu_te_session.sh chunk NN      # carry .wheelhouse/chunks/NN; NN=00 first: it also probes
 #                                                # the machine and starts the binding build (detached)

@@ -9,7 +9,7 @@ output) and ``OUT/resume_life.json`` (the facts and the checks, each with its me
 
 ``--kill-when between``: after step ``kill-step - 1`` was logged, before step ``kill-step`` is saved;
 ``during``: while step ``kill-step``'s checkpoint is being written (its staging directory exists).
-The exit code is 0 when every check passed. See /work/notes/gpu-plan-15.md for the lead's GPU run.
+The exit code is 0 when every check passed. The GPU run: docs/runs/gpu-h100-2026-12-07-resume/README.md.
 """
 
 from __future__ import annotations

@@ -126,11 +126,13 @@ def test_launch_server_generate_equals_hf_greedy(tiny_fp32, tmp_path):
 def test_dump_stacks_shows_where_a_hung_server_waits(tmp_path):
     """The diagnostic a start-up timeout relies on: a hung child's Python stack reaches the log."""
     log_path = tmp_path / "hung.log"
-    code = "import time\ndef waiting_here():\n    time.sleep(300)\nwaiting_here()\n"
+    code = "import time\ndef waiting_here():\n    print('waiting', flush=True)\n    time.sleep(300)\nwaiting_here()\n"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], env=server_env(dict(os.environ)), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120  # the interpreter's start-up hooks can take seconds on a loaded host
+    while "waiting" not in log_path.read_text() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     _dump_stacks(proc)
     assert proc.poll() is not None
     assert "waiting_here" in log_path.read_text()
