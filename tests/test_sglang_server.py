@@ -57,7 +57,8 @@ def _wait_healthy(base: str, proc: subprocess.Popen, log_path) -> None:
 def _dump_stacks(proc: subprocess.Popen) -> None:
     """Where a start that never gets healthy hangs: SIGABRT to the server's process group makes each
     process (started with ``PYTHONFAULTHANDLER=1``, see ``server_env``) write every thread's Python
-    stack to the log before it dies (issue 23's flaky start: the log alone stopped after the imports)."""
+    stack to the log before it dies (a start that hung once in a clean-clone run: its log alone stopped after
+    SGLang's model imports)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGABRT)
         try:
