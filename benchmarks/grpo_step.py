@@ -17,6 +17,9 @@ twice back to back with the same data, lengths, batch, group size, sampling and 
   non-Pangu checkpoint (``rlinf_pangu.config.check_pangu`` returns after the model type check);
   what RLinf's own path needed on this stack is in ``rlinf_pangu/patches/rlinf.py`` (section
   "RLinf's own models on this stack") and is named in the JSON (``baseline.patches``).
+* **fsdp** (only with ``--arms``, issue 13): the Pangu checkpoint and workload of ``pangu`` through the
+  preset's FSDP example (``examples/math/pangu-1b-grpo-fsdp.yaml``): RLinf's ``FSDPActor`` on the HF
+  model, the sync under HF names. The JSON's ``ratios.fsdp_vs_megatron`` sets it beside ``pangu``.
 
 The workload is fixed so both do the same work: ``--prompts`` prompts x ``--samples`` samples per
 step, prompts of a length drawn uniformly from ``--prompt-tokens LO,HI`` (chat template included,
@@ -39,8 +42,9 @@ the part of the step no phase covers. RLinf's own timers are kept beside them (t
 Output: ``OUT/grpo_step_<preset>_<device>.json`` (device, commit, command, workload,
 transformer_impl, per arm: per-step phases, medians, tokens/s per GPU, peak GPU memory, the
 SGLang-vs-recompute log-prob gap; ``step_ratio``, ``sync_share``, ``other_share`` against the
-issue's goals) and ``OUT/grpo_step_<preset>_<device>_runs.tgz`` (each run's metrics.jsonl, trace,
-resolved config, train.log, console).
+issue's goals; with the fsdp arm ``ratios.fsdp_vs_megatron``), ``OUT/grpo_step_<preset>_<device>_<arm>.png``
+(each run's curves, drawn after it) and ``OUT/grpo_step_<preset>_<device>_runs.tgz`` (each run's metrics.jsonl,
+trace, resolved config, train.log, console).
 
 GPU, one H100/H200, the wheelhouse installed as README's GPU section says (on the lent machine:
 ``scripts/gpu_te_session.sh run grpo-1b``)::
@@ -79,7 +83,11 @@ log = logging.getLogger("grpo_step")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ARMS = ("pangu", "baseline")
+ARMS = ("pangu", "baseline", "fsdp")
+#: What runs without --arms: issue 18's comparison. ``fsdp`` (issue 13: the same Pangu checkpoint and workload
+#: through the preset's FSDP example, RLinf's FSDPActor on the HF model) is asked for by name, alone in a later
+#: call on the same warm machine if one call cannot hold three runs (``earlier_arms`` then joins them).
+DEFAULT_ARMS = ("pangu", "baseline")
 #: Kept before --deadline-s for stopping a run (SIGINT, 20 s, SIGKILL) and writing the outputs.
 STOP_AND_WRITE_S = 60.0
 #: The issue's goals (issue 18): medians of the same session.
@@ -100,17 +108,21 @@ class Setup:
     steps: int
     #: YAML overrides the workload needs beyond its size (micro-batches that must divide the batch)
     workload_overrides: tuple[str, ...] = ()
+    #: the ``fsdp`` arm's example (the same model and workload through RLinf's FSDP actor), if the preset has one
+    fsdp_example: str | None = None
 
 
 SETUPS: dict[tuple[str, str], Setup] = {
     # The issue's shape on one GPU, sized so both runs (start-up included) fit one 10-minute call:
     # 32 prompts x 8 samples, prompts 256-512 tokens, responses of exactly 256 tokens.
-    ("1b", "cuda"): Setup("examples/math/pangu-1b-grpo-megatron.yaml", "bf16", 32, 8, (256, 512), 256, 2, 10),
+    ("1b", "cuda"): Setup("examples/math/pangu-1b-grpo-megatron.yaml", "bf16", 32, 8, (256, 512), 256, 2, 10,
+                          fsdp_example="examples/math/pangu-1b-grpo-fsdp.yaml"),
     ("tiny", "cuda"): Setup("examples/math/pangu-tiny-grpo-megatron.yaml", "bf16", 32, 8, (32, 64), 32, 2, 10),
     # The CPU dry run: the wiring, not speed (2 cores here). 4 x 4 sequences, one micro-batch each.
     ("tiny", "cpu"): Setup("examples/math/pangu-tiny-grpo-megatron-cpu.yaml", "fp32", 4, 4, (24, 32), 8, 1, 1,
                            ("algorithm.training_batch_size_per_gpu=16", "algorithm.logprob_forward_micro_batch_size=16",
-                            "rollout.max_running_requests=16")),
+                            "rollout.max_running_requests=16"),
+                           fsdp_example="examples/math/pangu-tiny-grpo-fsdp-cpu.yaml"),
 }
 #: The baseline's converter entry in RLinf's table (its default_args.yaml): a qwen_2 model whose
 #: entry does not fix tie_word_embeddings (so the HF config's is used); heads and head size come
@@ -571,6 +583,18 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
            "baseline_other_share": div(b.get("other"), b.get("step_s"))}
     out["goals"] = {k: {"goal": f"<= {g}", "value": out[k], "met": None if out[k] is None else out[k] <= g}
                     for k, g in GOALS.items()}
+    f = result.get("fsdp", {})
+    if "median" in f:  # issue 13: the FSDP actor next to the Megatron one, same checkpoint and workload
+        mg = result.get("pangu", {})
+        fm, prate, frate = f["median"], mg.get("tokens_per_s_per_gpu", {}), f.get("tokens_per_s_per_gpu", {})
+        out["fsdp_vs_megatron"] = {
+            "step_ratio": div(fm.get("step_s"), p.get("step_s")),
+            **{f"{k}_ratio": div(frate.get(k), prate.get(k)) for k in ("generated_over_step", "trained_over_train")},
+            "peak_mib": {"fsdp": f.get("memory", {}).get("peak_mib"),
+                         "megatron": mg.get("memory", {}).get("peak_mib")},
+            "logprob_gap_max": {"fsdp": f.get("logprob_gap_max_over_steps"),
+                                "megatron": mg.get("logprob_gap_max_over_steps")},
+        }
     return out
 
 
@@ -642,7 +666,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--response-tokens", type=int, default=None, help="every response's exact length")
     p.add_argument("--transformer-impl", default=None, choices=["transformer_engine", "local"],
                    help="actor.megatron.transformer_impl for both arms (default: the example's)")
-    p.add_argument("--arms", default=",".join(ARMS), help="pangu,baseline (both by default, in this order)")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                   help=f"comma-separated, run in this order, of {','.join(ARMS)} (default: {','.join(DEFAULT_ARMS)})")
     p.add_argument("--seed", type=int, default=0, help="checkpoint and prompt seed")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="wall-clock budget of the whole benchmark: a run is stopped STOP_AND_WRITE_S (60 s) "
@@ -658,7 +683,8 @@ def resolve_setup(a: argparse.Namespace) -> Setup:
     lo_hi = tuple(int(x) for x in a.prompt_tokens.split(",")) if a.prompt_tokens else base.prompt_tokens
     return Setup(base.example, base.dtype, a.prompts or base.prompts, a.samples or base.samples,
                  (lo_hi[0], lo_hi[1]), a.response_tokens or base.response_tokens,
-                 base.warmup if a.warmup is None else a.warmup, a.steps or base.steps, base.workload_overrides)
+                 base.warmup if a.warmup is None else a.warmup, a.steps or base.steps, base.workload_overrides,
+                 base.fsdp_example)
 
 
 def te_installed() -> bool:
@@ -708,6 +734,21 @@ def baseline_overrides(impl: str, layers: int) -> list[str]:
     ]
 
 
+def plot_run(run_dir: Path, png: Path) -> str | None:
+    """The run's curves (the project's report plot), drawn after the run so no step pays for them (the runs
+    are started with ``pangu.report.plot=false``); a plot that fails is logged, never the benchmark's end."""
+    from rlinf_pangu.report import load_jsonl, plot
+
+    metrics_file = run_dir / "metrics.jsonl"
+    if not metrics_file.is_file():
+        return None
+    try:
+        return plot(load_jsonl(metrics_file), png).name
+    except Exception as e:  # noqa: BLE001  (a figure is not a measurement)
+        log.warning("plot of %s failed: %s: %s", run_dir, type(e).__name__, e)
+        return None
+
+
 def archive(out: Path, name: str, results: dict[str, RunResult]) -> Path:
     path = out / f"{name}_runs.tgz"
     with tarfile.open(path, "w:gz") as tar:
@@ -738,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = [x for x in a.arms.split(",") if x]
     if set(arms) - set(ARMS):
         raise SystemExit(f"--arms: {arms}; known: {ARMS}")
+    if "fsdp" in arms and not setup.fsdp_example:
+        raise SystemExit(f"--arms fsdp: the preset {a.preset} on {a.device} has no FSDP example")
 
     pangu_ckpt, qwen_ckpt = ensure_checkpoints(work, a.preset, setup.dtype, a.seed)
     hf = json.loads((pangu_ckpt / "config.json").read_text())
@@ -749,7 +792,9 @@ def main(argv: list[str] | None = None) -> int:
     common = overrides_for(setup, prompts_path, pangu_ckpt, impl, a.set)
     per_arm = {"pangu": common,
                "baseline": [*overrides_for(setup, prompts_path, qwen_ckpt, impl, a.set),
-                            *baseline_overrides(impl, int(hf["num_hidden_layers"]))]}
+                            *baseline_overrides(impl, int(hf["num_hidden_layers"]))],
+               "fsdp": common}  # the FSDP example ignores actor.megatron.*
+    examples = {"pangu": setup.example, "baseline": setup.example, "fsdp": setup.fsdp_example}
     from make_qwen2_checkpoint import dims_of  # benchmarks/ is on sys.path when run as a script
 
     report: dict[str, Any] = {
@@ -761,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
         "transformer_impl": {"requested": impl, "transformer_engine_installed": te_installed(),
                              "baseline_spec": baseline_overrides(impl, 0)[1].split("=", 1)[1]},
         "workload": {
-            "example": setup.example, "dtype": setup.dtype, "prompts_per_step": setup.prompts,
+            "example": setup.example, "fsdp_example": setup.fsdp_example, "dtype": setup.dtype,
+            "prompts_per_step": setup.prompts,
             "samples_per_prompt": setup.samples, "sequences_per_step": setup.prompts * setup.samples,
             "prompt_tokens": prompt_stats, "response_tokens": setup.response_tokens,
             "response_length_fixed_by": "max_new_tokens with algorithm.sampling_params.ignore_eos=true (SGLang "
@@ -791,8 +837,9 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("[%s] not started: %.0f s left before the deadline", arm, left)
             report[arm] = {"skipped": f"deadline ({a.deadline_s} s) reached"}
             continue
-        r = run_arm(arm, setup.example, per_arm[arm], work, a.device, left)
+        r = run_arm(arm, examples[arm], per_arm[arm], work, a.device, left)
         r.extra["facts"] = log_facts(r.run_dir)
+        r.extra["plot"] = plot_run(r.run_dir, out / f"{name}_{arm}.png")
         results[arm] = r
         report[arm] = analyse(r, setup, setup.warmup, n_gpus=1)
         report["ratios"] = ratios(report)
@@ -811,7 +858,7 @@ def earlier_arms(path: Path, report: dict[str, Any], arms: list[str]) -> dict[st
     """The arms this call does not run, from an earlier call's JSON in the same work folder, if it
     measured the same workload on the same device and commit (when one call cannot hold both
     runs: ``--arms pangu`` then ``--arms baseline`` on the same warm machine)."""
-    if not path.is_file() or set(arms) == set(ARMS):
+    if not path.is_file() or set(arms) >= set(ARMS):
         return {}
     earlier = json.loads(path.read_text())
     same = all(earlier.get(k) == report.get(k) for k in ("device", "commit", "workload", "transformer_impl"))
@@ -829,8 +876,8 @@ def earlier_arms(path: Path, report: dict[str, Any], arms: list[str]) -> dict[st
 def summary(report: dict[str, Any]) -> None:
     """The headline on stdout (the JSON holds everything)."""
     print(f"[grpo_step] {report['device']} commit {report['commit']} impl {report['transformer_impl']['requested']}")
-    for arm in ARMS:
-        r = report.get(arm)
+    for arm in [x for x in ARMS if x in report]:
+        r = report[arm]
         if not isinstance(r, dict) or "median" not in r:
             print(f"[grpo_step] {arm}: {r}")
             continue

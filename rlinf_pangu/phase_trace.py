@@ -62,6 +62,8 @@ def _flags(*names: str) -> Callable[..., dict[str, Any]]:
 _MM = "rlinf.hybrid_engines.megatron.megatron_model_manager"
 _MW = "rlinf.workers.megatron_worker"
 _MA = "rlinf.workers.actor.megatron_actor_worker"
+_FM = "rlinf.hybrid_engines.fsdp.fsdp_model_manager"
+_FA = "rlinf.workers.actor.fsdp_actor_worker"
 _RUNNER = "rlinf.runners.reasoning_runner"
 _SGL_WORKER = "rlinf.workers.rollout.sglang.sglang_worker"
 _SGL_SCHED = "rlinf.hybrid_engines.sglang.common.sgl_scheduler"
@@ -89,6 +91,19 @@ TRACED: tuple[Traced, ...] = (
     Traced(_MW, "MegatronWorker._load_weight_and_optimizer", "actor.load_state"),
     Traced(_MW, "MegatronWorker.compute_advantages_and_returns", "actor.advantages"),
     Traced(_MW, "MegatronWorker._compute_rollout_metrics", "actor.rollout_metrics"),
+    # RLinf's FSDP actor (actor.training_backend: fsdp): the same spans under the same names, so the
+    # benchmark cuts its steps as it cuts the Megatron actor's
+    Traced(_FM, "FSDPModelManager.load_param_and_grad", "actor.onload_weights", _flags("load_grad")),
+    Traced(_FM, "FSDPModelManager.offload_param_and_grad", "actor.offload_weights", _flags("offload_grad")),
+    Traced(_FM, "FSDPModelManager.load_optimizer", "actor.onload_optimizer"),
+    Traced(_FM, "FSDPModelManager.offload_optimizer", "actor.offload_optimizer"),
+    Traced(_FA, "FSDPActor.sync_model_to_rollout", "actor.sync_send"),
+    Traced(_FA, "FSDPActor.run_inference", "actor.run_inference"),
+    Traced(_FA, "FSDPActor.inference_step", "actor.logprob_compute"),
+    Traced(_FA, "FSDPActor.run_training", "actor.run_training"),
+    Traced(_FA, "FSDPActor.training_step", "actor.train_compute"),
+    Traced(_FA, "FSDPActor._load_weight_and_optimizer", "actor.load_state"),
+    Traced(_FA, "FSDPActor.compute_advantages_and_returns", "actor.advantages"),
     # the rollout worker (SGLang engine owner) and SGLang's scheduler process
     Traced(_SGL_WORKER, "SGLangWorker.rollout", "rollout.total"),
     Traced(_SGL_WORKER, "SGLangWorker.offload_engine", "rollout.release"),

@@ -11,7 +11,7 @@
 #                                                # prebuilt fallback if it failed), install TE's three wheels
 #                                                # together, this repo (-e), check the imports, then te-test
 #   bash scripts/gpu_te_session.sh run PART...   # later calls on the same machine: te-test, bench, grpo,
-#                                                # sync (#23), grpo-1b (#18), fsdp / megatron / report (#13)
+#                                                # sync (#23), grpo-1b (#18), fsdp (#13, after grpo-1b)
 #
 # Every step writes its log to $OUT (at most 8 files a call come back). COMMIT=<hash> names the
 # commit in the JSON (there is no .git there). WAIT (s, default 300) bounds finish's wait for the build;
@@ -157,13 +157,13 @@ part() {
       timeout 580 $py benchmarks/grpo_step.py --preset 1b --device cuda --out "$OUT" --work /tmp/grpo-work --deadline-s 545 ${GRPO_ARGS:-} \
         >"$OUT/grpo_step_1b.log" 2>&1
       say "grpo-1b rc=$?"; tail -n 30 "$OUT/grpo_step_1b.log" | cut -c1-300 ;;
-    fsdp|megatron|report)  # issue 13: the FSDP actor against Megatron, same 1B workload (one part a call)
-      # the parts' folders stay in /tmp (each call has a fresh $OUT; report reads both), archived back
-      LIMIT_S=${LIMIT_S:-540} bash scripts/gpu_fsdp_vs_megatron.sh /tmp/cmp13 "$1" >"$OUT/cmp13_$1.log" 2>&1
-      say "$1 rc=$?"; tail -n 20 "$OUT/cmp13_$1.log" | cut -c1-300
-      tar czf "$OUT/cmp13.tgz" -C /tmp cmp13 ;;  # one file: at most 8 come back from a call
+    fsdp)  # issue 13: RLinf's FSDP actor on grpo-1b's checkpoint and workload (run grpo-1b first, same COMMIT:
+      # the JSON then holds its pangu arm too, and ratios.fsdp_vs_megatron sets the two actors side by side)
+      timeout 580 $py benchmarks/grpo_step.py --preset 1b --device cuda --out "$OUT" --work /tmp/grpo-work --deadline-s 545 \
+        --arms fsdp ${GRPO_ARGS:-} >"$OUT/grpo_step_1b_fsdp.log" 2>&1
+      say "fsdp rc=$?"; tail -n 30 "$OUT/grpo_step_1b_fsdp.log" | cut -c1-300 ;;
     checks) checks ;;
-    *) say "unknown part $1 (te-test, bench, grpo, sync, grpo-1b, fsdp, megatron, report, checks)"; return 2 ;;
+    *) say "unknown part $1 (te-test, bench, grpo, sync, grpo-1b, fsdp, checks)"; return 2 ;;
   esac
 }
 

@@ -41,8 +41,27 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e_fsdp")
-    run = run_training(CONFIG, out, "pangu-tiny-grpo-fsdp-cpu", STEPS, label="e2e fsdp")
-    return {"dir": run.dir, "ckpt": run.ckpt, "log": run.log, "out": out}
+    trace = out / "phase_trace.jsonl"  # the spans benchmarks/grpo_step.py cuts a step into (its fsdp arm)
+    run = run_training(CONFIG, out, "pangu-tiny-grpo-fsdp-cpu", STEPS, label="e2e fsdp",
+                       extra_env={"RLINF_PANGU_PHASE_TRACE": str(trace)})
+    return {"dir": run.dir, "ckpt": run.ckpt, "log": run.log, "out": out, "trace": trace}
+
+
+def test_the_phase_trace_cuts_each_fsdp_step_into_its_phases(run):
+    """The GRPO benchmark's fsdp arm (issue 13) reads RLinf's FSDPActor through the same spans as the
+    Megatron actor: every step has its sync, rollout, log-prob recompute and training, each > 0."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import grpo_step as gs
+
+    from rlinf_pangu import phase_trace
+
+    spans = phase_trace.load(run["trace"])
+    windows = gs.step_windows(spans, gs.load_metrics(run["dir"]))
+    assert sorted(windows) == list(range(1, STEPS + 1))
+    for step, window in windows.items():
+        phases = gs.cut_step(spans, window)["phases_s"]
+        for phase in ("sync", "rollout", "logprob", "train"):
+            assert phases[phase] > 0, (step, phases)
 
 
 def test_rlinfs_fsdp_actor_trains_pangu_with_sdpa(run):

@@ -111,6 +111,29 @@ def test_ratios_against_the_goals():
     assert r["goals"]["step_ratio"]["met"] and r["goals"]["sync_share"]["met"] and not r["goals"]["other_share"]["met"]
 
 
+def test_the_fsdp_arm_is_set_beside_the_megatron_one():
+    """Issue 13's comparison: the FSDP actor's step, rates, memory and gap next to the Megatron actor's."""
+    rate = {"generated_over_step": 100.0, "trained_over_train": 400.0}
+    report = {"pangu": {"median": {"step_s": 10.0, "sync": 0.1, "other": 1.0}, "tokens_per_s_per_gpu": rate,
+                        "memory": {"peak_mib": 30000}, "logprob_gap_max_over_steps": 0.02},
+              "fsdp": {"median": {"step_s": 15.0}, "memory": {"peak_mib": 40000}, "logprob_gap_max_over_steps": 0.03,
+                       "tokens_per_s_per_gpu": {"generated_over_step": 66.0, "trained_over_train": 200.0}}}
+    f = gs.ratios(report)["fsdp_vs_megatron"]
+    assert (f["step_ratio"], f["generated_over_step_ratio"], f["trained_over_train_ratio"]) == (1.5, 0.66, 0.5)
+    assert f["peak_mib"] == {"fsdp": 40000, "megatron": 30000}
+    assert f["logprob_gap_max"] == {"fsdp": 0.03, "megatron": 0.02}
+    assert "fsdp_vs_megatron" not in gs.ratios({"pangu": report["pangu"]})
+
+
+def test_the_fsdp_arm_runs_its_presets_fsdp_example_and_only_when_asked(tmp_path):
+    for preset, device in (("1b", "cuda"), ("tiny", "cpu")):
+        setup = gs.resolve_setup(gs.parse_args(["--preset", preset, "--device", device, "--out", str(tmp_path)]))
+        assert (ROOT / setup.fsdp_example).is_file() and "fsdp" in setup.fsdp_example
+    assert gs.parse_args(["--out", str(tmp_path)]).arms == "pangu,baseline"
+    with pytest.raises(SystemExit, match="no FSDP example"):
+        gs.main(["--preset", "tiny", "--device", "cuda", "--arms", "fsdp", "--out", str(tmp_path)])
+
+
 # --------------------------------------------------------------------------------------
 # The phase trace
 # --------------------------------------------------------------------------------------

@@ -43,7 +43,14 @@ def report(tmp_path_factory) -> dict:
     assert p.returncode == 0, json.dumps({a: {k: data.get(a, {}).get(k) for k in ("returncode", "timed_out")}
                                           for a in ("pangu", "baseline")}) + (p.stdout + p.stderr)[-3000:]
     assert (out / data["archive"]).is_file()
+    data["_files_written"] = sorted(f.name for f in out.iterdir())
     return data
+
+
+@pytest.mark.parametrize("arm", ["pangu", "baseline"])
+def test_each_run_is_plotted_after_it(report, arm):
+    png = f"grpo_step_tiny_cpu_{arm}.png"
+    assert report[arm]["plot"] == png and png in report["_files_written"]
 
 
 @pytest.mark.parametrize("arm", ["pangu", "baseline"])
