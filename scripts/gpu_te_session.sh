@@ -104,9 +104,9 @@ print("TE", versions, f"import {time.time() - t:.1f} s")
 assert len(set(versions.values())) == 1, versions
 import torch
 from transformer_engine.pytorch.utils import get_cudnn_version
-cudnn_te, cudnn_torch = ".".join(map(str, get_cudnn_version())), torch.backends.cudnn.version()
-print("cuDNN: TE", cudnn_te, "torch", cudnn_torch, "CUDNN_HOME", os.environ.get("CUDNN_HOME"))
 major, minor, patch = get_cudnn_version()
+cudnn_te, cudnn_torch = f"{major}.{minor}.{patch}", torch.backends.cudnn.version()
+print("cuDNN: TE", cudnn_te, "torch", cudnn_torch, "CUDNN_HOME", os.environ.get("CUDNN_HOME"))
 assert major * 10000 + minor * 100 + patch == cudnn_torch, f"TE's cuDNN {cudnn_te} is not torch's {cudnn_torch}"
 torch.nn.functional.scaled_dot_product_attention(*[torch.randn(1, 2, 8, 64, device="cuda", dtype=torch.bfloat16)] * 3)
 from rlinf_pangu.patches.transformer_engine import mapped_cudnn_files
