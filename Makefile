@@ -13,8 +13,12 @@ setup:
 demo: setup
 	$(PY) -m rlinf.train --config examples/math/pangu-tiny-grpo-megatron-cpu.yaml $(ARGS)
 
+# Two pytest-xdist workers. Each test module is one unit of work (its fixtures run once), and the
+# modules that start a whole training run (marked whole_run) share one unit, so they never overlap:
+# one run takes ~13 GB of this 23 GB host (tests/conftest.py). TEST_WORKERS=0: one process, in order.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -ra --durations=25
+	$(PY) -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"

@@ -248,7 +248,12 @@ def ensure_checkpoint(cfg: DictConfig) -> Path:
         tmp = make_checkpoint(staging / "ckpt", preset_name=mk.preset, seed=int(mk.seed), dtype=str(mk.dtype), **overrides)
         for step in mk.get("finish", None) or []:
             _finish_step(tmp, cfg, step)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:  # two runs started at once on a fresh cache: the first one's checkpoint stands
+            if not (path / "config.json").is_file():
+                raise
+            log.info("%s appeared meanwhile (another run made it): using that one", path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -43,7 +43,7 @@ GATE = 1e-4
 #: A successful run's console: set-up line, table header + a row per step, the outputs.
 CONSOLE_LINES = 10 + STEPS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_run]
 
 
 def _train(out: Path, steps: int, extra_env: dict[str, str] | None = None) -> Run:

@@ -43,7 +43,7 @@ SYNCED_STEPS = [2, 3]
 #: precisions RLinf's Megatron path names for half precision; anything else is the fp32 CPU mode
 HALF = ("bf16", "fp16", "bf16-mixed", "16", "16-mixed")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_run]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ STEPS = 2
 #: The issue's post-sync bound (fp32 on both sides; see the module docstring).
 GAP_TOL = 1e-4
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_run]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -84,3 +85,28 @@ def test_cli_writes_a_loadable_directory(tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert "lm_head.weight" not in index["weight_map"]
     assert index["metadata"]["total_size"] > 0
+
+
+def test_two_runs_making_the_same_checkpoint_at_once_both_get_the_first_ones(tmp_path, monkeypatch):
+    """A fresh cache and two runs started together (two ``make demo``s, the parallel test workers): the
+    one that renames second finds the other's complete checkpoint in place, keeps it, and cleans up."""
+    import rlinf_pangu
+    from rlinf_pangu import config as pc
+    from rlinf_pangu import make_checkpoint as mc
+
+    rlinf_pangu.register()  # as the driver does before it makes the checkpoint (the finish step loads it)
+    target = tmp_path / "cache" / "pangu-tiny"
+    cfg = pc.compose(Path(__file__).resolve().parents[1] / "examples/math/pangu-tiny-grpo-megatron-cpu.yaml",
+                     [f"rollout.model.model_path={target}", "pangu.make_checkpoint.enabled=true"])
+    real = mc.make_checkpoint
+
+    def other_run_finishes_first(out, **kw):
+        made = real(out, **kw)
+        real(target, **kw)  # the other run's rename lands while this one is still finishing its copy
+        (target / "made_by").write_text("the other run")
+        return made
+
+    monkeypatch.setattr(mc, "make_checkpoint", other_run_finishes_first)
+    assert pc.ensure_checkpoint(cfg) == target
+    assert (target / "made_by").read_text() == "the other run"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["pangu-tiny"]  # no staging left behind

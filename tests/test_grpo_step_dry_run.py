@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: max |SGLang log-prob - recompute| after a sync, fp32 both sides (tests/test_e2e_cpu.py's GATE)
 GATE = 1e-4
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_run]
 
 
 @pytest.fixture(scope="module")

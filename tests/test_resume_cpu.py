@@ -41,7 +41,7 @@ EXPERIMENT = "resume-life"
 STEPS = 4
 KILL_WAIT_S = 1800
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_run]
 
 
 def _cmd(out: Path, model: Path, *overrides: str) -> list[str]:
