@@ -18,7 +18,7 @@ demo: setup
 # one run takes ~13 GB of this 23 GB host (tests/conftest.py). TEST_WORKERS=0: one process, in order.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 from pathlib import Path
 
@@ -20,31 +22,51 @@ def _torchs_cudnn_for_te() -> None:
 
 _torchs_cudnn_for_te()
 
-#: The xdist group of every module marked ``whole_run``: one work unit, so one worker runs them one after the other.
-WHOLE_RUN_GROUP = "whole_run"
+#: The xdist work unit of every module marked ``whole_run``: one unit, so one worker runs them one after the other.
+WHOLE_RUN_UNIT = "whole_run"
 
 
-def xdist_group_of(item: pytest.Item) -> str:
-    """The work unit an item belongs to under ``--dist loadgroup`` (``make test``).
-
-    Whole modules, not single tests, are the units: a module's fixtures (a Megatron build, an SGLang
-    engine, a training run) then run once, on one worker. The modules that start a whole training run
-    (~13 GB each on the 23 GB CPU host; two at once got Ray workers OOM-killed) share one unit, so they
-    never overlap; any other module may run beside one of them (2 workers: at most one other)."""
-    mark = item.get_closest_marker("xdist_group")
-    if mark is not None:
-        return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-    return WHOLE_RUN_GROUP if item.get_closest_marker("whole_run") else item.module.__name__
+@functools.cache
+def marked_whole_run(module: Path) -> bool:
+    """Whether a test module carries the ``whole_run`` mark, read from its source: xdist's scheduler
+    runs in the controller, which sees node ids, not collected items."""
+    tree = ast.parse(module.read_text(), filename=str(module))
+    return any(isinstance(n, ast.Attribute) and n.attr == "whole_run" for n in ast.walk(tree))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks to name the units
+def work_unit(rootpath: Path, nodeid: str) -> str:
+    """The unit of work a test belongs to under ``make test`` (``-n 2 --dist loadscope``).
+
+    Whole modules are the units, so a module's fixtures (a Megatron build, an SGLang engine, a training
+    run) run once, on one worker. The modules that start a whole training run (~13 GB each on the 23 GB
+    CPU host; two at once got Ray's workers OOM-killed) share one unit, so they never overlap; any other
+    module may run beside one of them (2 workers: at most one other)."""
+    module = nodeid.split("::", 1)[0]
+    return WHOLE_RUN_UNIT if marked_whole_run(rootpath / module) else module
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pragma: no cover - pytest-xdist is pinned; without it the suite runs in one process
+    LoadScopeScheduling = None
+else:
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """xdist's ``loadscope`` with :func:`work_unit`'s units. (xdist's own ``loadgroup`` marks do not
+        group under pytest 9.2: xdist 3.8.0 renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(self.config.rootpath, nodeid)
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        return ModuleScheduling(config, log) if config.getvalue("dist") == "loadscope" else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
-    if config.getoption("loadgroup", False):  # set in each xdist worker (where collection runs) under loadgroup
-        # The whole runs are the long pole (~30 of the suite's ~50 serial minutes): their unit goes first.
-        items.sort(key=lambda it: xdist_group_of(it) != WHOLE_RUN_GROUP)
+    if hasattr(config, "workerinput"):  # an xdist worker: its collection order is the controller's queue
+        # The whole runs are the long pole (~30 of the suite's ~50 serial minutes): their unit goes first
+        # (make test passes --no-loadscope-reorder, which keeps this order).
+        items.sort(key=lambda it: work_unit(config.rootpath, it.nodeid) != WHOLE_RUN_UNIT)
 
 
 def _make(root: Path, name: str, **kw) -> Path:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from conftest import WHOLE_RUN_GROUP, xdist_group_of
+from conftest import WHOLE_RUN_UNIT, ModuleScheduling, marked_whole_run, work_unit
 
 TESTS = Path(__file__).resolve().parent
 #: The calls that start ``python -m rlinf.train`` to the end (tests/e2e_run.py), and the GRPO benchmark
@@ -30,17 +31,12 @@ def _starts_a_whole_run(tree: ast.Module) -> bool:
     return False
 
 
-def _marked_whole_run(tree: ast.Module) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == "whole_run" for n in ast.walk(tree))
-
-
 MODULES = sorted(TESTS.glob("test_*.py"))
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[p.name for p in MODULES])
 def test_a_module_is_marked_whole_run_exactly_when_it_starts_a_whole_run(path):
-    tree = ast.parse(path.read_text(), filename=str(path))
-    assert _starts_a_whole_run(tree) == _marked_whole_run(tree), path.name
+    assert _starts_a_whole_run(ast.parse(path.read_text(), filename=str(path))) == marked_whole_run(path), path.name
 
 
 def test_the_whole_run_modules_are_found():
@@ -50,14 +46,12 @@ def test_the_whole_run_modules_are_found():
                      "test_resume_cpu.py"}, found
 
 
-def test_the_whole_run_modules_share_one_unit_and_every_other_module_is_its_own(request):
-    session = request.session
-    groups: dict[str, set[str]] = {}
-    for item in session.items:
-        groups.setdefault(xdist_group_of(item), set()).add(item.path.name)
-    # items of this session only: run alone (pytest tests/test_suite_layout.py) it sees just itself
-    for name, files in groups.items():
-        if name == WHOLE_RUN_GROUP:
-            assert all(_marked_whole_run(ast.parse((TESTS / f).read_text())) for f in files), files
-        else:
-            assert files == {f"{name}.py"}, (name, files)
+def test_xdists_scheduler_puts_the_whole_runs_in_one_unit_and_every_other_module_in_its_own(request):
+    root = request.config.rootpath
+    split = ModuleScheduling._split_scope  # the method xdist calls with each collected node id
+    units = {p.name: split(SimpleNamespace(config=request.config), f"tests/{p.name}::Class::test_x[a::b]") for p in MODULES}
+    whole = {name for name, unit in units.items() if unit == WHOLE_RUN_UNIT}
+    assert whole == {p.name for p in MODULES if marked_whole_run(p)} and len(whole) >= 5, whole
+    others = [unit for name, unit in units.items() if name not in whole]
+    assert others == [f"tests/{name}" for name in units if name not in whole]  # one unit per module, classes included
+    assert work_unit(root, "tests/test_e2e_cpu.py::t") == work_unit(root, "tests/test_resume_cpu.py::t") == WHOLE_RUN_UNIT
