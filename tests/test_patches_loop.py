@@ -197,6 +197,19 @@ def test_math_verifier_grades_latex_with_the_lark_parser_in_place_of_latex2sympy
     assert out == "[True, False, True, True]"
 
 
+def test_math_verifier_pool_grades_when_its_workers_are_spawned():
+    # The default start method set to spawn (as SGLang does process-wide): RLinf's verifier pool starts
+    # fresh interpreters that import the verifier before any code of ours runs there; the venv's
+    # start-up line arms the stand-in in them. Without it the pool breaks (BrokenProcessPool).
+    out = _fresh(
+        "import multiprocessing as mp; mp.set_start_method('spawn', force=True)\n"
+        "import rlinf_pangu; rlinf_pangu.register()\n"
+        "from rlinf.algorithms.rewards.math.math_verifier.verify import math_verify_call\n"
+        "print(math_verify_call(['\\\\boxed{\\\\frac{1}{2}}', '\\\\boxed{4}'], [['0.5'], ['5']]))"
+    )
+    assert out == "[True, False]"
+
+
 def test_custom_forward_unpacked_without_te():
     from rlinf_pangu.patches.rlinf import make_custom_forward
 

@@ -60,6 +60,19 @@ def install_lark_latex2sympy(_module=None) -> bool:
     return True
 
 
+def arm() -> None:
+    """Arm the stand-in in this interpreter before RLinf's verifier can be imported; the venv's start-up
+    line calls this in every interpreter (:mod:`rlinf_pangu.startup.site`).
+
+    Why at start-up too: RLinf's verifier grades in a process pool made with the default start method.
+    Where that is spawn (SGLang sets it process-wide), each pool worker is a fresh interpreter that
+    imports the verifier to unpickle its first task, before any code of ours runs there; without the
+    stand-in the import fails and the pool breaks (seen in the test suite: ``BrokenProcessPool``).
+    Cheap: one import hook; :func:`install_lark_latex2sympy` tries the real module first, when the
+    verifier is imported."""
+    before_exec(_VERIFY, install_lark_latex2sympy)
+
+
 def _latex2sympy_unimportable() -> bool:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -9,6 +9,10 @@ Two finders must be on ``sys.meta_path`` before any user code runs, in *every* i
 * ``rlinf.train`` (:mod:`rlinf_pangu.startup.rlinf_train`): makes ``python -m rlinf.train`` run this
   project's driver while RLinf ships none.
 
+and one import hook: ``latex2sympy2``'s stand-in before RLinf's math verifier executes
+(:func:`rlinf_pangu.patches.latex2sympy.arm`): the verifier's process-pool workers, when spawned, are
+such interpreters.
+
 The standard start-up hook for that is a ``.pth`` line in site-packages (the mechanism editable
 installs use). ``rlinf_pangu_startup.pth`` at the repository root is that line; ``setup.py`` ships
 it into regular and editable wheels. The line does nothing when ``rlinf_pangu`` is gone, and
@@ -36,12 +40,13 @@ PTH_LINE = (
 
 
 def install() -> None:
-    """Put both start-up finders on ``sys.meta_path`` of this interpreter (idempotent)."""
-    from rlinf_pangu.patches import megatron
+    """Put the start-up finders on ``sys.meta_path`` of this interpreter (idempotent)."""
+    from rlinf_pangu.patches import latex2sympy, megatron
     from rlinf_pangu.startup import rlinf_train
 
     megatron.install()
     rlinf_train.install()
+    latex2sympy.arm()
 
 
 def site_packages() -> Path:
