@@ -48,7 +48,7 @@ def work_unit(rootpath: Path, nodeid: str) -> str:
 try:
     from xdist.scheduler import LoadScopeScheduling
 except ImportError:  # pragma: no cover - pytest-xdist is pinned; without it the suite runs in one process
-    LoadScopeScheduling = None
+    pass
 else:
 
     class ModuleScheduling(LoadScopeScheduling):

@@ -289,6 +289,25 @@ def test_before_and_after_import_hooks_on_one_module_both_run(tmp_path, monkeypa
     assert seen == [("before", False), ("after", 1)]
 
 
+def test_a_hook_armed_twice_runs_once(tmp_path, monkeypatch):
+    # the start-up line arms the latex2sympy2 stand-in, register() arms it again: one call, not two
+    from rlinf_pangu.patches.core import before_exec
+
+    (tmp_path / "rlp_twice_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    def hook(m):
+        seen.append("before")
+
+    assert before_exec("rlp_twice_mod", hook) and before_exec("rlp_twice_mod", hook)
+    patches.after_import("rlp_twice_mod", seen.append)
+    patches.after_import("rlp_twice_mod", seen.append)
+    import rlp_twice_mod
+
+    assert seen == ["before", rlp_twice_mod]
+
+
 def _layered_model(layers: int = 4) -> torch.nn.Module:
     model = torch.nn.Module()
     model.decoder = torch.nn.Module()

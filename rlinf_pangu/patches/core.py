@@ -185,13 +185,20 @@ _POST_IMPORT = ImportHooks()
 _PRE_EXEC = ImportHooks(before=True)
 
 
+def _arm(hooks: ImportHooks, module: str, fn: Callable[[Any], None]) -> None:
+    """Queue ``fn`` once: a hook armed twice (the start-up line, then ``register()``) runs once."""
+    queued = hooks.pending.setdefault(module, [])
+    if fn not in queued:
+        queued.append(fn)
+
+
 def after_import(module: str, fn: Callable[[Any], None]) -> None:
     """Call ``fn(module_object)`` now if ``module`` is imported, else right after its import."""
     loaded = sys.modules.get(module)
     if loaded is not None:
         fn(loaded)
         return
-    _POST_IMPORT.pending.setdefault(module, []).append(fn)
+    _arm(_POST_IMPORT, module, fn)
     if _POST_IMPORT not in sys.meta_path:
         sys.meta_path.insert(0, _POST_IMPORT)
 
@@ -200,7 +207,7 @@ def before_exec(module: str, fn: Callable[[Any], None]) -> bool:
     """Call ``fn(module_object)`` right before ``module`` executes; False if it already has."""
     if module in sys.modules:
         return False
-    _PRE_EXEC.pending.setdefault(module, []).append(fn)
+    _arm(_PRE_EXEC, module, fn)
     if _PRE_EXEC not in sys.meta_path:
         sys.meta_path.insert(0, _PRE_EXEC)
     return True

@@ -60,7 +60,7 @@ def install_lark_latex2sympy(_module=None) -> bool:
     return True
 
 
-def arm() -> None:
+def arm() -> bool:
     """Arm the stand-in in this interpreter before RLinf's verifier can be imported; the venv's start-up
     line calls this in every interpreter (:mod:`rlinf_pangu.startup.site`).
 
@@ -69,8 +69,8 @@ def arm() -> None:
     imports the verifier to unpickle its first task, before any code of ours runs there; without the
     stand-in the import fails and the pool breaks (seen in the test suite: ``BrokenProcessPool``).
     Cheap: one import hook; :func:`install_lark_latex2sympy` tries the real module first, when the
-    verifier is imported."""
-    before_exec(_VERIFY, install_lark_latex2sympy)
+    verifier is imported. False when the verifier has already been imported (too late to hook)."""
+    return before_exec(_VERIFY, install_lark_latex2sympy)
 
 
 def _latex2sympy_unimportable() -> bool:
@@ -93,5 +93,5 @@ def _latex2sympy_unimportable() -> bool:
     applies=_latex2sympy_unimportable,
 )
 def _lark_latex2sympy() -> None:
-    if not before_exec(_VERIFY, install_lark_latex2sympy):
+    if not arm():
         install_lark_latex2sympy()
